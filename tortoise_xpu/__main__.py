@@ -1,0 +1,3 @@
+from tortoise_xpu.cli import main
+
+raise SystemExit(main())

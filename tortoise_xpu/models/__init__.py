@@ -1,0 +1,1 @@
+"""The Tortoise networks, written here, state-dict compatible with the official checkpoints."""

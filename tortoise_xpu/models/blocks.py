@@ -1,0 +1,149 @@
+"""Building blocks shared by several Tortoise networks.
+
+Parameter names (``norm``, ``qkv``, ``proj_out``, ``relative_pos_embeddings.relative_attention_bias``)
+follow the official checkpoints.  Two numerical habits of the original are kept on
+purpose because the checkpoints were trained with them: attention masks are applied
+*after* the softmax (multiplying the weights), and q and k are each scaled by
+``ch ** -0.25`` before the product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` (output convs that start as identity residuals)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype (half-precision safe)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> GroupNorm32:
+    """The group count the original derives from the channel count: 32, or 16/8 for narrow layers."""
+    groups = 8 if channels <= 16 else 16 if channels <= 64 else 32
+    while channels % groups:
+        groups //= 2
+    if groups <= 2:
+        raise ValueError(f"cannot build a GroupNorm for {channels} channels")
+    return GroupNorm32(groups, channels)
+
+
+class RelativePositionBias(nn.Module):
+    """T5-style bucketed relative position bias added to attention logits."""
+
+    def __init__(self, scale: float, causal: bool = False, num_buckets: int = 32, max_distance: int = 128,
+                 heads: int = 8):
+        super().__init__()
+        self.scale = scale
+        self.causal = causal
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+
+    def _bucket(self, rel: torch.Tensor) -> torch.Tensor:
+        n = -rel
+        buckets = self.num_buckets
+        ret = torch.zeros_like(n)
+        if self.causal:
+            n = n.clamp(min=0)
+        else:
+            buckets //= 2
+            ret = ret + (n < 0).long() * buckets
+            n = n.abs()
+        exact = buckets // 2
+        # log-spaced buckets past `exact`; clamp n to 1 first so log() never sees 0 (those use the exact branch)
+        large = exact + (torch.log(n.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+                         * (buckets - exact)).long()
+        large = large.clamp(max=buckets - 1)
+        return ret + torch.where(n < exact, n, large)
+
+    def forward(self, qk: torch.Tensor) -> torch.Tensor:
+        """``qk``: (B, H, I, J) attention logits; returns them with the bias added."""
+        i, j = qk.shape[-2:]
+        q_pos = torch.arange(i, device=qk.device)
+        k_pos = torch.arange(j, device=qk.device)
+        bias = self.relative_attention_bias(self._bucket(k_pos[None, :] - q_pos[:, None]))  # (I, J, H)
+        return qk + bias.permute(2, 0, 1).unsqueeze(0).to(qk.dtype) * self.scale
+
+
+def qkv_attention(qkv: torch.Tensor, n_heads: int, mask: torch.Tensor | None = None,
+                  rel_pos: RelativePositionBias | None = None) -> torch.Tensor:
+    """Multi-head attention over a fused (B, H*3*C, T) qkv tensor (heads split before q/k/v).
+
+    ``mask`` (B, T) multiplies the softmax weights, as the checkpoints were trained.
+    """
+    b, width, t = qkv.shape
+    ch = width // (3 * n_heads)
+    q, k, v = qkv.reshape(b * n_heads, ch * 3, t).split(ch, dim=1)
+    scale = ch ** -0.25
+    w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    if rel_pos is not None:
+        w = rel_pos(w.reshape(b, n_heads, t, t)).reshape(b * n_heads, t, t)
+    w = torch.softmax(w.float(), dim=-1).type(w.dtype)
+    if mask is not None:
+        w = w * mask.repeat(n_heads, 1).unsqueeze(1).to(w.dtype)
+    return torch.einsum("bts,bcs->bct", w, v).reshape(b, -1, t)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm self-attention over the last axis of a (B, C, ...) feature map, with a residual."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
+                 do_checkpoint: bool = True, relative_pos_embeddings: bool = False):
+        super().__init__()
+        del do_checkpoint  # training-only in the original; kept for signature compatibility
+        self.channels = channels
+        self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        # The original sizes the bias table by the *constructor's* num_heads, not the derived one.
+        self.relative_pos_embeddings = (
+            RelativePositionBias(scale=(channels // self.num_heads) ** 0.5, causal=False, heads=num_heads,
+                                 num_buckets=32, max_distance=64)
+            if relative_pos_embeddings else None
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, mask, self.relative_pos_embeddings)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling by ``factor``, optionally followed by a k=5 conv."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        self.conv = nn.Conv1d(channels, out_channels or channels, 5, padding=2) if use_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class Downsample(nn.Module):
+    """Strided conv (or average pooling) downsampling by ``factor``."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None, factor: int = 4,
+                 ksize: int = 5, pad: int = 2):
+        super().__init__()
+        self.op = (nn.Conv1d(channels, out_channels or channels, ksize, stride=factor, padding=pad) if use_conv
+                   else nn.AvgPool1d(kernel_size=factor, stride=factor))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
