@@ -21,3 +21,94 @@ def add_models_dir_arg(p: argparse.ArgumentParser) -> None:
     """--models-dir, defaulting to $TORTOISE_XPU_MODELS or the user cache."""
     p.add_argument("--models-dir", default=None,
                    help="folder with the model files (default: $TORTOISE_XPU_MODELS or the user cache)")
+
+
+def add_voice_args(p: argparse.ArgumentParser) -> None:
+    """--voice / --voices-dir."""
+    p.add_argument("-v", "--voice", default="random",
+                   help="voice name, 'random', 'a&b' to mix, or a folder / clip / latents file (default: random)")
+    p.add_argument("-V", "--voices-dir", action="append", default=[],
+                   help="extra folder of voices (repeatable; also $TORTOISE_XPU_VOICES)")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """The preset and the tuning knobs, named like the original's scripts/tortoise_tts.py flags."""
+    from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, PRESETS
+
+    p.add_argument("-p", "--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help=f"generation preset (default: {DEFAULT_PRESET})")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: time-based, printed)")
+    g = p.add_argument_group("tuning (override the preset)")
+    g.add_argument("--num-autoregressive-samples", type=int, default=None, help="AR candidates to sample")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--length-penalty", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--max-mel-tokens", type=int, default=None, help="cap on generated codes (1..600)")
+    g.add_argument("--cvvp-amount", type=float, default=None)
+    g.add_argument("--diffusion-iterations", type=int, default=None)
+    cf = g.add_mutually_exclusive_group()
+    cf.add_argument("--cond-free", dest="cond_free", action="store_true", default=None)
+    cf.add_argument("--no-cond-free", dest="cond_free", action="store_false")
+    g.add_argument("--cond-free-k", type=float, default=None)
+    g.add_argument("--diffusion-temperature", type=float, default=None)
+    g.add_argument("--sampler", default=None, choices=["p", "ddim", "dpm++2m"], help="diffusion sampler")
+    g.add_argument("--force-tokens", type=int, default=None,
+                   help="benchmark knob: ignore the stop token and generate exactly N codes")
+
+
+TUNING_KEYS = ("num_autoregressive_samples", "temperature", "top_p", "top_k", "length_penalty",
+               "repetition_penalty", "max_mel_tokens", "cvvp_amount", "diffusion_iterations", "cond_free",
+               "cond_free_k", "diffusion_temperature", "sampler")
+
+
+def tuning_overrides(args: argparse.Namespace) -> dict:
+    """The tuning flags the user set (None means: keep the preset's value)."""
+    return {k: getattr(args, k) for k in TUNING_KEYS if getattr(args, k, None) is not None}
+
+
+def read_text_input(text: str | None, file: str | None) -> str:
+    """The text to speak from the positional argument, ``-f FILE`` or standard input.
+
+    Files may be UTF-8 (with or without BOM) or UTF-16 with a BOM; anything else is read as
+    Latin-1, which never fails, so a legacy-encoded file still gives its words.
+    """
+    import sys
+
+    from tortoise_xpu.errors import UserError
+
+    if text is not None and file is not None:
+        raise UserError("give the text either as an argument or with -f FILE, not both")
+    if file is not None:
+        if file == "-":
+            return sys.stdin.read()
+        try:
+            raw = open(file, "rb").read()
+        except FileNotFoundError:
+            raise UserError(f"text file not found: {file}") from None
+        except IsADirectoryError:
+            raise UserError(f"{file} is a folder, not a text file") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {file}: {exc.strerror}") from None
+        return decode_text(raw)
+    if text is not None:
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("no text given: pass it as an argument, with -f FILE, or on standard input")
+    return sys.stdin.read()
+
+
+def decode_text(raw: bytes) -> str:
+    """Decode a text file's bytes: BOM-marked UTF-8/UTF-16/UTF-32, else UTF-8, else Latin-1."""
+    import codecs
+
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                     (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            return raw.decode(enc, errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")

@@ -147,3 +147,36 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
+
+
+def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace weight-norm pairs in a state dict by the plain weight they stand for.
+
+    ``torch.nn.utils.weight_norm`` stores ``X.weight_g`` (one gain per slice of dim 0) and
+    ``X.weight_v`` (the direction); the newer parametrization stores the same two tensors as
+    ``X.parametrizations.weight.original0`` / ``original1``.  Either becomes
+    ``X.weight = g * v / ||v||`` with the norm taken over every dim but 0, computed in float32
+    (then cast back) so half-precision checkpoints fold without losing digits.  Every other
+    entry is passed through unchanged and the key order is kept.
+    """
+    pairs = {"weight_g": "weight_v", "parametrizations.weight.original0": "parametrizations.weight.original1"}
+
+    def stem_of(key: str, suffix: str) -> str | None:
+        # "conv.weight_g" -> "conv.", a top-level "weight_g" -> ""
+        return key[: -len(suffix)] if key == suffix or key.endswith("." + suffix) else None
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for g_suffix, v_suffix in pairs.items():
+            stem = stem_of(key, g_suffix)
+            if stem is not None and stem + v_suffix in state_dict:
+                v = state_dict[stem + v_suffix]
+                norm = torch.linalg.vector_norm(v.float(), dim=tuple(range(1, v.dim())), keepdim=True)
+                out[stem + "weight"] = (v.float() * (value.float() / norm)).to(v.dtype)
+                break
+            stem = stem_of(key, v_suffix)
+            if stem is not None and stem + g_suffix in state_dict:
+                break  # folded together with its gain
+        else:
+            out[key] = value
+    return out

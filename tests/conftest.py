@@ -1,0 +1,42 @@
+"""Shared pytest fixtures.
+
+``backend``: parametrized over every registered backend; the ones this machine
+cannot run are skipped with their reason (CPU always runs).  Hardware-parity
+tests take it to run the same check on every device present::
+
+    def test_something(backend):
+        x = backend.to_device(torch.ones(3))
+
+``simulate``: make this machine look like one of the simulated devices of
+``tests/simdevices.py`` (or a custom ``SimDevice``) for the rest of the test;
+the other accelerator backends are hidden unless ``hide_others=False``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.simdevices import SIM_BY_KEY, SimDevice, simulate as _simulate
+from tortoise_xpu.backends import BACKENDS
+
+
+@pytest.fixture(params=list(BACKENDS), ids=lambda name: name)
+def backend(request):
+    """An available Backend (index 0) per registered backend; unavailable ones skip with the reason."""
+    instance = BACKENDS[request.param](0)
+    reason = instance.why_unavailable()
+    if reason is not None:
+        pytest.skip(f"{request.param} not available here: {reason}")
+    return instance
+
+
+@pytest.fixture
+def simulate(monkeypatch):
+    """``simulate("arc-a770")`` or ``simulate(SimDevice(...), count=2)``: fake that device until the test ends."""
+
+    def install(device: str | SimDevice, count: int = 1, hide_others: bool = True) -> SimDevice:
+        dev = SIM_BY_KEY[device] if isinstance(device, str) else device
+        _simulate(monkeypatch, dev, count, hide_others)
+        return dev
+
+    return install

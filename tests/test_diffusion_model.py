@@ -1,0 +1,154 @@
+"""DiffusionTts: official shape, and parity with the original tortoise-tts 3.0.0 (goldens)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.reference.detweights import digest, fill_
+from tortoise_xpu.models.diffusion_decoder import DiffusionConfig, DiffusionTts, timestep_embedding
+
+GOLDENS = os.path.join(os.path.dirname(__file__), "reference", "goldens", "diffusion", "model.pt")
+OFFICIAL_PARAMS = 292_334_380  # anchors.md §3
+
+
+@pytest.fixture(scope="module")
+def goldens():
+    if not os.path.exists(GOLDENS):
+        pytest.skip("diffusion goldens missing: run tests/reference/gen_diffusion.py in the reference venv")
+    return torch.load(GOLDENS, weights_only=True)
+
+
+def _ours(kwargs: dict, seed: int) -> DiffusionTts:
+    return fill_(DiffusionTts(DiffusionConfig(**kwargs)).eval(), seed)
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-5) -> None:
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    torch.testing.assert_close(ours.float(), ref.float(), atol=atol, rtol=rtol)
+
+
+def test_official_config_values():
+    cfg = DiffusionConfig()
+    assert (cfg.model_channels, cfg.num_layers, cfg.in_channels, cfg.out_channels, cfg.in_latent_channels,
+            cfg.in_tokens, cfg.num_heads) == (1024, 10, 100, 200, 1024, 8193, 16)
+    assert (cfg.dropout, cfg.use_fp16, cfg.layer_drop, cfg.unconditioned_percentage) == (0, False, 0, 0)
+
+
+def test_official_parameter_count_on_meta():
+    with torch.device("meta"):
+        model = DiffusionTts()
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
+
+
+def test_official_state_dict_names_and_shapes_equal_original(goldens):
+    with torch.device("meta"):
+        model = DiffusionTts(DiffusionConfig(**goldens["official_kwargs"]))
+    ours = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert goldens["official_params"] == OFFICIAL_PARAMS
+    assert sorted(ours) == sorted(goldens["official_keys"])
+
+
+def test_tiny_is_small():
+    model = DiffusionTts(DiffusionConfig.tiny())
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert DiffusionConfig.tiny(in_latent_channels=32).in_latent_channels == 32
+
+
+def test_timestep_embedding_cos_then_sin():
+    emb = timestep_embedding(torch.tensor([0.0, 3.0]), 6)
+    assert emb.shape == (2, 6)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]))
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(3) / 3)
+    torch.testing.assert_close(emb[1], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]))
+    assert timestep_embedding(torch.tensor([1.0]), 5).shape == (1, 5)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("index", [0, 1])
+def test_parity_with_original(goldens, index):
+    g = goldens["configs"][index]
+    model = _ours(g["kwargs"], g["seed"])
+    assert digest(model) == g["digest"], "filled weights differ from the original's"
+    inp = g["inputs"]
+    with torch.no_grad():
+        cond = model.get_conditioning(inp["cond_mels"])
+        assert cond.shape == (inp["x"].shape[0], 2 * g["kwargs"]["model_channels"])
+        assert_close(cond, g["conditioning_latent"])
+        assert_close(model.get_conditioning(inp["cond_mels"][:, 0]), g["conditioning_latent_3d"])
+        # clips as a list (lengths may differ) give the same voice latent
+        clips = [inp["cond_mels"][:, j] for j in range(inp["cond_mels"].shape[1])]
+        assert_close(model.get_conditioning(clips), g["conditioning_latent"])
+
+        emb = model.timestep_independent(inp["latents"], g["conditioning_latent"], g["length"])
+        assert_close(emb, g["aligned_embeddings"])
+        emb_codes, pred_codes = model.timestep_independent(inp["codes"], g["conditioning_latent"], g["length"],
+                                                           return_code_pred=True)
+        assert_close(emb_codes, g["code_embeddings"])
+        assert_close(pred_codes, g["code_mel_pred"])
+
+        for t, ref, ref_free in zip(inp["timesteps"], g["out"], g["out_cond_free"]):
+            out = model(inp["x"], t, precomputed_aligned_embeddings=g["aligned_embeddings"])
+            assert_close(out[:, :100], ref[:, :100])  # ε
+            assert_close(out[:, 100:], ref[:, 100:])  # variance value
+            free = model(inp["x"], t, precomputed_aligned_embeddings=g["aligned_embeddings"], conditioning_free=True)
+            assert_close(free, ref_free)
+            # both passes as one batch of 2B with a per-sample mask
+            cond_out, free_out = model.denoiser(g["aligned_embeddings"], batch_cond_free=True)(inp["x"], t.float(), True)
+            assert_close(cond_out, ref)
+            assert_close(free_out, ref_free)
+
+        full, mel_pred = model(inp["x"], inp["timesteps"][1], aligned_conditioning=inp["latents"],
+                               conditioning_latent=g["conditioning_latent"], return_code_pred=True)
+        assert_close(full, g["full_out"])
+        assert_close(mel_pred, g["full_mel_pred"])
+
+
+def test_conditioning_free_mask_mixes_per_sample(goldens):
+    g = goldens["configs"][0]
+    model = _ours(g["kwargs"], g["seed"])
+    inp = g["inputs"]
+    t = inp["timesteps"][2]
+    with torch.no_grad():
+        out = model(inp["x"], t, precomputed_aligned_embeddings=g["aligned_embeddings"],
+                    conditioning_free=torch.tensor([False, True]))
+    assert_close(out[0], g["out"][2][0])
+    assert_close(out[1], g["out_cond_free"][2][1])
+
+
+def test_denoiser_without_uncond_and_unbatched(goldens):
+    g = goldens["configs"][1]
+    model = _ours(g["kwargs"], g["seed"])
+    inp = g["inputs"]
+    t = inp["timesteps"][0].float()
+    with torch.no_grad():
+        cond_out, none = model.denoiser(g["aligned_embeddings"])(inp["x"], t, False)
+        assert none is None
+        a, b = model.denoiser(g["aligned_embeddings"], batch_cond_free=False)(inp["x"], t, True)
+    assert_close(cond_out, g["out"][0])
+    assert_close(a, g["out"][0])
+    assert_close(b, g["out_cond_free"][0])
+
+
+def test_forward_needs_conditioning():
+    model = DiffusionTts(DiffusionConfig.tiny()).eval()
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 100, 8), torch.zeros(1))
+
+
+def test_layer_autocast_runs_and_stays_close():
+    """The original's use_fp16 scheme (autocast in every main layer but the first), here with bf16."""
+    torch.manual_seed(0)
+    model = fill_(DiffusionTts(DiffusionConfig.tiny()).eval(), 3)
+    assert model.layer_autocast_dtype is None
+    assert DiffusionTts(DiffusionConfig.tiny(use_fp16=True)).layer_autocast_dtype == torch.float16
+    x, t = torch.randn(1, 100, 20), torch.tensor([500.0])
+    latents, cond = torch.randn(1, 5, 64), torch.randn(1, 128) * 0.1
+    with torch.no_grad():
+        ref = model(x, t, aligned_conditioning=latents, conditioning_latent=cond)
+        model.layer_autocast_dtype = torch.bfloat16
+        low = model(x, t, aligned_conditioning=latents, conditioning_latent=cond)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert 0 < (low - ref).abs().max() / ref.abs().max() < 0.05

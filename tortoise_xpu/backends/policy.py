@@ -1,0 +1,383 @@
+"""The run policy: dtype per stage, AR batch size, residency, KV cache, graph capture.
+
+One pure function, :func:`make_policy`, computes a frozen :class:`Policy` from
+what a device can do (:class:`~tortoise_xpu.backends.base.Capabilities`), how
+much memory it has, the byte sizes of the models, the number of AR candidates
+and the user's overrides.  No card names: the numbers decide.
+
+Memory model (all byte counts, derived from the official model shapes):
+
+* weights: each model's float32 bytes scaled to its stage dtype; with
+  ``resident`` every model stays on the device, otherwise only the model of
+  the running stage is there (the AR model during AR sampling).
+* per AR sample: the preallocated KV cache, ``2 * layers * positions * dim``
+  elements (30 * 1008 * 1024 for the official AR: 1008 = 402 text + 604 mel
+  positions + 2), plus a working-memory margin of one layer's full-length
+  attention scores and probabilities, hidden/MLP activations and prompt logits.
+* headroom: ``max(512 MiB, 5 % of the total)`` is never planned for (desktop
+  compositors, allocator fragmentation, driver workspaces).
+
+The batch is the largest power-of-two divisor of the candidate count that fits
+(capped at :data:`MAX_AR_BATCH`), never 0.  Where the driver cannot report free
+memory the budget is a documented guess (:data:`UNIFIED_FREE_FRACTION` of the
+total for unified memory, :data:`UNKNOWN_FREE_BYTES` when even the total is
+unknown), and the OOM back-off (``backends.oom``) covers a wrong guess.
+
+Compared with the published tiers (the original: 16/8/4/1 above 14/10/7 GiB
+free; the oneAPI fork: 8 above 11 GiB, else 4), this model gives the same or a
+larger batch at float32 (never smaller), because those thresholds also carried
+the original's growing Hugging Face cache (its measured peak at batch 16 and
+500 tokens was 10.2 GiB allocated, 38 GiB reserved on an H100), while our KV
+cache is preallocated.  tests/test_policy.py asserts the comparison and
+docs/backends.md shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+
+from tortoise_xpu.backends.base import Backend, Capabilities, dtype_name
+from tortoise_xpu.errors import UserError
+
+__all__ = [
+    "ARShape", "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
+    "UNKNOWN_FREE_BYTES", "diffusion_workspace_bytes", "headroom_bytes", "make_policy", "overrides_from_args",
+    "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
+]
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+#: Pipeline stages that have a dtype of their own.
+STAGES: tuple[str, ...] = ("ar", "clvp", "diffusion", "vocoder")
+
+#: float32 bytes of the official models, per stage (parameter counts of the official checkpoints x 4).
+OFFICIAL_MODEL_BYTES: Mapping[str, int] = MappingProxyType({
+    "ar": 421_526_786 * 4,
+    "clvp": 243_846_145 * 4,
+    "diffusion": 292_334_380 * 4,
+    "vocoder": 14_865_506 * 4,
+})
+
+#: Largest AR batch ever chosen: past it progress gets coarse and the per-step cache read grows
+#: with no throughput measured to gain (perf notes measured up to 64).
+MAX_AR_BATCH = 64
+
+#: Part of the total of a unified-memory device (Apple silicon, Intel iGPU) planned as free
+#: when the driver cannot say: the OS and other programs share that memory.
+UNIFIED_FREE_FRACTION = 0.6
+
+#: Free memory assumed when a device reports neither free nor total (DirectML):
+#: a 4 GB card with a desktop on it.
+UNKNOWN_FREE_BYTES = 3 * GiB
+
+#: Diffusion output frames of the longest clip (500 mel codes), from the perf anchor.
+DIFFUSION_FRAMES = 2176
+
+
+@dataclass(frozen=True)
+class ARShape:
+    """The autoregressive model's dimensions that size its per-sample memory (official values)."""
+
+    layers: int = 30
+    dim: int = 1024
+    heads: int = 16
+    #: Static KV-cache length: max_text_tokens 402 + max_mel_tokens 604 + 2.
+    positions: int = 1008
+    vocab: int = 8194
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def per_sample_bytes(dtype: torch.dtype, shape: ARShape = ARShape()) -> int:
+    """Device bytes one AR candidate needs: its KV cache plus a working-memory margin."""
+    item = _itemsize(dtype)
+    length = shape.positions
+    kv_cache = 2 * shape.layers * length * shape.dim * item
+    # One layer is live at a time: its full-length attention scores + probabilities (the math
+    # attention path materialises them), ~16 hidden-sized activations (residual, norm, q/k/v,
+    # attention output, the 4x-wide MLP in and out), and the prompt pass's logits.
+    working = (2 * shape.heads * length * length + 16 * length * shape.dim + length * shape.vocab) * item
+    return kv_cache + working
+
+
+def diffusion_workspace_bytes(dtype: torch.dtype, heads: int = 16, channels: int = 1024,
+                              frames: int = DIFFUSION_FRAMES) -> int:
+    """Working memory of one diffusion step on the longest clip, with conditioning-free guidance (batch 2)."""
+    item = _itemsize(dtype)
+    return 2 * (2 * heads * frames * frames + 16 * frames * channels) * item
+
+
+def headroom_bytes(total_bytes: int | None) -> int:
+    """Memory never planned for: ``max(512 MiB, 5 % of total)``."""
+    return max(512 * MiB, (total_bytes or 0) // 20)
+
+
+def usable_bytes(caps: Capabilities, free_bytes: int | None, total_bytes: int | None) -> tuple[int, str]:
+    """The memory budget in bytes and a phrase saying where it came from."""
+    if free_bytes is not None:
+        if total_bytes is not None:
+            free_bytes = min(free_bytes, total_bytes)
+        source = "free memory reported by the device"
+    elif total_bytes is not None:
+        free_bytes = int(total_bytes * (UNIFIED_FREE_FRACTION if caps.unified_memory else 1.0))
+        source = (f"{UNIFIED_FREE_FRACTION:.0%} of the shared memory (the driver reports no free figure)"
+                  if caps.unified_memory else "total memory (the driver reports no free figure)")
+    else:
+        free_bytes = UNKNOWN_FREE_BYTES
+        total_bytes = UNKNOWN_FREE_BYTES
+        source = f"an assumed {UNKNOWN_FREE_BYTES / GiB:.0f} GiB (the device reports no memory figures)"
+    return max(0, free_bytes - headroom_bytes(total_bytes)), source
+
+
+_DTYPE_ALIASES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "f32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "f16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(value: torch.dtype | str) -> torch.dtype:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16`` (float32, float16, bfloat16 only)."""
+    if isinstance(value, torch.dtype):
+        if value in (torch.float32, torch.float16, torch.bfloat16):
+            return value
+    elif isinstance(value, str) and value.strip().lower().replace("torch.", "") in _DTYPE_ALIASES:
+        return _DTYPE_ALIASES[value.strip().lower().replace("torch.", "")]
+    raise UserError(f"unsupported dtype {value!r}; choose float32, float16 or bfloat16")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The user's policy overrides (``--dtype``, ``--batch-size``, ``--low-vram``, ``--high-vram``)."""
+
+    dtype: torch.dtype | str | None = None
+    batch_size: int | None = None
+    low_vram: bool = False
+    high_vram: bool = False
+    kv_cache: bool | None = None
+    graph_capture: bool | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a run uses its device. Built by :func:`make_policy`; read by the pipeline."""
+
+    ar_dtype: torch.dtype
+    clvp_dtype: torch.dtype
+    diffusion_dtype: torch.dtype
+    vocoder_dtype: torch.dtype
+    #: AR candidates generated per batch (a divisor of ``candidates``, >= 1).
+    ar_batch_size: int
+    #: True: every model stays on the device; False: each is moved there for its stage only.
+    resident: bool
+    kv_cache: bool
+    graph_capture: bool
+    #: Compute STFT with complex tensors on the device (else a real-valued formulation).
+    use_complex_stft: bool
+    candidates: int = 16
+    #: The memory budget the batch was sized from, and one AR sample's bytes.
+    budget_bytes: int = 0
+    per_sample_bytes: int = 0
+    #: Why each decision came out as it did, one sentence each.
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def dtype(self, stage: str) -> torch.dtype:
+        """The dtype of a stage: ``"ar"``, ``"clvp"``, ``"diffusion"`` or ``"vocoder"``."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        return getattr(self, f"{stage}_dtype")
+
+    @property
+    def low_vram(self) -> bool:
+        return not self.resident
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (dtypes as names)."""
+        return {
+            "dtypes": {stage: dtype_name(self.dtype(stage)) for stage in STAGES},
+            "ar_batch_size": self.ar_batch_size,
+            "candidates": self.candidates,
+            "resident": self.resident,
+            "kv_cache": self.kv_cache,
+            "graph_capture": self.graph_capture,
+            "use_complex_stft": self.use_complex_stft,
+            "budget_bytes": self.budget_bytes,
+            "per_sample_bytes": self.per_sample_bytes,
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> str:
+        """One line, e.g. ``bf16/bf16/bf16/fp32, batch 16, resident, graphs``."""
+        short = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        dtypes = "/".join(short.get(self.dtype(s), dtype_name(self.dtype(s))) for s in STAGES)
+        parts = [dtypes, f"batch {self.ar_batch_size}", "resident" if self.resident else "per-stage"]
+        if self.graph_capture:
+            parts.append("graphs")
+        if not self.kv_cache:
+            parts.append("no kv-cache")
+        return ", ".join(parts)
+
+
+def _largest_divisor(candidates: int, limit: int, power_of_two: bool) -> int:
+    """Largest divisor of ``candidates`` that is <= ``limit`` (and a power of two if asked); >= 1."""
+    best = 1
+    for size in range(1, min(candidates, max(limit, 1)) + 1):
+        if candidates % size == 0 and (not power_of_two or size & (size - 1) == 0):
+            best = size
+    return best
+
+
+def _default_half(caps: Capabilities) -> torch.dtype:
+    # The CPU is fastest in float32 (bf16 matmuls are emulated on most CPUs); GPUs prefer bf16
+    # (float32's range, no overflow), then fp16.
+    if caps.is_cpu:
+        return torch.float32
+    if caps.bfloat16:
+        return torch.bfloat16
+    if caps.float16:
+        return torch.float16
+    return torch.float32
+
+
+def _coerce_overrides(overrides: Overrides | Mapping[str, Any] | None) -> Overrides:
+    if overrides is None:
+        return Overrides()
+    if isinstance(overrides, Overrides):
+        return overrides
+    unknown = set(overrides) - set(Overrides.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown policy override(s): {', '.join(sorted(unknown))}")
+    return Overrides(**overrides)
+
+
+def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | None,
+                model_bytes: Mapping[str, int] | None = None, candidates: int = 16,
+                overrides: Overrides | Mapping[str, Any] | None = None, shape: ARShape = ARShape()) -> Policy:
+    """Compute the run policy. Pure: same inputs, same Policy; no device is touched.
+
+    Args:
+        caps: what the device supports (``backend.capabilities()``).
+        free_bytes: free device memory before the models are loaded, or ``None`` if unknown.
+        total_bytes: total device memory, or ``None`` if unknown.
+        model_bytes: float32 bytes per stage (``"ar"``, ``"clvp"``, ``"diffusion"``, ``"vocoder"``);
+            other keys count as extra float32 models kept with the rest. Default: the official models.
+        candidates: AR samples to generate (the preset's ``num_autoregressive_samples``).
+        overrides: the user's choices; they win over every derived decision.
+        shape: the AR dimensions that size the KV cache.
+
+    Raises:
+        UserError: an override the device cannot honour (an unsupported dtype, both
+            low- and high-VRAM, a batch size below 1) or fewer than one candidate.
+    """
+    ov = _coerce_overrides(overrides)
+    model_bytes = OFFICIAL_MODEL_BYTES if model_bytes is None else model_bytes
+    if candidates < 1:
+        raise UserError(f"the number of candidates must be at least 1, got {candidates}")
+    if ov.low_vram and ov.high_vram:
+        raise UserError("--low-vram and --high-vram cannot be used together")
+    if ov.batch_size is not None and ov.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {ov.batch_size}")
+    notes: list[str] = []
+
+    # dtypes
+    if ov.dtype is not None:
+        forced = parse_dtype(ov.dtype)
+        if not caps.supports(forced):
+            raise UserError(f"{caps.backend} does not support {dtype_name(forced)}; "
+                            f"supported: {', '.join(d for d in caps.dtypes() if d in _DTYPE_ALIASES)}")
+        stage_dtypes = dict.fromkeys(STAGES, forced)
+        notes.append(f"dtype {dtype_name(forced)} for every stage (--dtype)")
+    else:
+        half = _default_half(caps)
+        # The vocoder is 15M parameters: float32 costs nothing there and keeps the waveform clean.
+        stage_dtypes = {"ar": half, "clvp": half, "diffusion": half, "vocoder": torch.float32}
+        notes.append(f"dtype {dtype_name(half)} for AR, CLVP and diffusion "
+                     f"({'the CPU is fastest in float32' if caps.is_cpu else 'the fastest supported'}), "
+                     "float32 for the vocoder")
+
+    # memory
+    def on_device(stage: str) -> int:
+        scale = _itemsize(stage_dtypes[stage]) / 4 if stage in stage_dtypes else 1.0
+        return int(model_bytes.get(stage, 0) * scale)
+
+    all_models = sum(on_device(stage) for stage in model_bytes)
+    ar_model = on_device("ar")
+    sample = per_sample_bytes(stage_dtypes["ar"], shape)
+    workspace = diffusion_workspace_bytes(stage_dtypes["diffusion"])
+    budget, source = usable_bytes(caps, free_bytes, total_bytes)
+    room_resident = max(0, budget - all_models) // sample
+    room_per_stage = max(0, budget - ar_model) // sample
+
+    # residency
+    if ov.low_vram:
+        resident = False
+        notes.append("each model on the device for its stage only (--low-vram)")
+    elif ov.high_vram:
+        resident = True
+        notes.append("all models resident (--high-vram)")
+    elif caps.is_cpu or caps.unified_memory:
+        resident = True
+        notes.append("all models resident (memory is shared with the host: moving them frees nothing)")
+    else:
+        cap = min(candidates, MAX_AR_BATCH)
+        same_batch = (_largest_divisor(candidates, min(room_resident, cap), True)
+                      >= _largest_divisor(candidates, min(room_per_stage, cap), True))
+        resident = same_batch and budget >= all_models + workspace
+        notes.append("all models resident (they fit without shrinking the batch)" if resident else
+                     "each model on the device for its stage only (keeping all resident would shrink the batch)")
+
+    # batch
+    room = room_resident if resident else room_per_stage
+    if ov.batch_size is not None:
+        batch = _largest_divisor(candidates, ov.batch_size, power_of_two=False)
+        notes.append(f"AR batch {batch} (--batch-size {ov.batch_size}"
+                     f"{', rounded down to a divisor of the candidates' if batch != ov.batch_size else ''})")
+    else:
+        batch = _largest_divisor(candidates, min(room, MAX_AR_BATCH), power_of_two=True)
+        notes.append(f"AR batch {batch}: {room} candidate(s) of {sample / GiB:.2f} GiB fit in "
+                     f"{budget / GiB:.1f} GiB ({source})")
+        if room == 0:
+            notes.append("the models barely fit: batch 1, try --low-vram or a smaller dtype")
+
+    kv_cache = True if ov.kv_cache is None else bool(ov.kv_cache)
+    graphs = caps.graphs and kv_cache and not caps.is_cpu
+    if ov.graph_capture is not None:
+        graphs = bool(ov.graph_capture) and caps.graphs and kv_cache
+    use_complex_stft = caps.complex and not caps.quirks.needs_real_stft
+
+    return Policy(
+        ar_dtype=stage_dtypes["ar"], clvp_dtype=stage_dtypes["clvp"], diffusion_dtype=stage_dtypes["diffusion"],
+        vocoder_dtype=stage_dtypes["vocoder"], ar_batch_size=batch, resident=resident, kv_cache=kv_cache,
+        graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates, budget_bytes=budget,
+        per_sample_bytes=sample, notes=tuple(notes),
+    )
+
+
+def policy_for(backend: Backend, candidates: int = 16, model_bytes: Mapping[str, int] | None = None,
+               **overrides: Any) -> Policy:
+    """:func:`make_policy` for a live backend: reads its capabilities and memory now.
+
+    Call it before the models are loaded on the device (free memory must not
+    already count them).  ``overrides`` are :class:`Overrides` fields.
+    """
+    memory = backend.memory()
+    return make_policy(backend.capabilities(), memory.free, memory.total, model_bytes=model_bytes,
+                       candidates=candidates, overrides=Overrides(**overrides))
+
+
+def overrides_from_args(args: argparse.Namespace) -> Overrides:
+    """The :class:`Overrides` given by ``cli.common.add_device_args`` flags (missing flags mean none)."""
+    return Overrides(
+        dtype=getattr(args, "dtype", None),
+        batch_size=getattr(args, "batch_size", None),
+        low_vram=bool(getattr(args, "low_vram", False)),
+        high_vram=bool(getattr(args, "high_vram", False)),
+    )

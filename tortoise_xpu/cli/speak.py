@@ -1,0 +1,96 @@
+"""``tortoise-xpu speak``: text to one WAV file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
+                                     read_text_input, tuning_overrides)
+
+# Longer texts are split into sentences and spoken one after another; past this, use `read`.
+SPEAK_MAX_CHARS = 2000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("speak", help="speak a text into a WAV file",
+                       description="Speak TEXT (or -f FILE, or standard input) with a voice into a 24 kHz WAV. "
+                                   f"Texts over one sentence chunk are split and joined; over {SPEAK_MAX_CHARS} "
+                                   "characters, use `tortoise-xpu read` (resumable, one file per chunk).")
+    p.add_argument("text", nargs="?", help="the text to speak")
+    p.add_argument("-f", "--file", help="read the text from a file ('-' for standard input)")
+    p.add_argument("-o", "--output", default="tortoise.wav", help="output WAV (default: tortoise.wav)")
+    p.add_argument("-k", "--candidates", type=int, default=1,
+                   help="how many of the best candidates to write (output_1.wav, output_2.wav, ...)")
+    p.add_argument("--float32", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM")
+    p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (seed, timings, files)")
+    add_voice_args(p)
+    add_generation_args(p)
+    add_device_args(p)
+    add_models_dir_arg(p)
+    p.set_defaults(func=run)
+
+
+def output_paths(output: str, k: int) -> list[str]:
+    if k == 1:
+        return [output]
+    stem, dot, ext = output.rpartition(".")
+    if not dot:
+        stem, ext = output, "wav"
+    return [f"{stem}_{i + 1}.{ext}" for i in range(k)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
+    from tortoise_xpu.errors import UserError
+    from tortoise_xpu.pipeline.presets import preset_settings
+    from tortoise_xpu.text.split import split_and_recombine_text
+
+    text = read_text_input(args.text, args.file)
+    if not text.strip():
+        raise UserError("the text is empty")
+    if len(text) > SPEAK_MAX_CHARS:
+        raise UserError(f"the text has {len(text)} characters; `speak` takes up to {SPEAK_MAX_CHARS}. "
+                        f"For long texts use: tortoise-xpu read FILE -o OUTPUT_DIR (resumable, one WAV per chunk)")
+    settings = preset_settings(args.preset, **tuning_overrides(args))
+    if args.candidates < 1:
+        raise UserError("--candidates must be at least 1")
+    if args.force_tokens is not None and not 1 <= args.force_tokens <= 600:
+        raise UserError("--force-tokens must be in 1..600")
+    seed = resolve_seed(args.seed)
+    chunks = [text] if len(text) <= 300 else split_and_recombine_text(text)
+    if not chunks:
+        raise UserError("the text has nothing speakable in it")
+    progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    tts = build_tts(args, progress)
+    import torch
+
+    from tortoise_xpu.audio.io import save_wav
+
+    with progress.running():
+        voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
+        per_candidate: list[list[torch.Tensor]] = [[] for _ in range(args.candidates)]
+        timings: dict[str, float] = {}
+        for chunk in chunks:
+            out = tts.tts(chunk, k=args.candidates, seed=seed, force_tokens=args.force_tokens, **voice, **settings)
+            for i, wav in enumerate(out if isinstance(out, list) else [out]):
+                per_candidate[i].append(wav)
+            for stage, sec in tts.last_report.stages.items():
+                timings[stage] = timings.get(stage, 0.0) + sec
+    paths = output_paths(args.output, args.candidates)
+    subtype = "FLOAT" if args.float32 else "PCM_16"
+    for path, parts in zip(paths, per_candidate):
+        save_wav(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), 24000, subtype=subtype)
+    seconds = sum(w.shape[-1] for w in per_candidate[0]) / 24000
+    summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
+               "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
+               "chunks": len(chunks)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"wrote {', '.join(paths)} ({seconds:.2f} s of audio, seed {seed}, "
+              f"{sum(timings.values()):.1f} s on {tts.device})", file=sys.stderr)
+    return 0

@@ -1,0 +1,231 @@
+"""Which network each checkpoint file holds, named lazily so that nothing heavy imports early.
+
+A :class:`ModelSpec` ties a file name (``autoregressive.pth``) to the module path, class and
+config class that build its network, plus the two facts about the *file format* that the class
+itself does not describe:
+
+* ``wrapper_key``: the official ``vocoder.pth`` is ``{'model_g': state_dict}``;
+* ``weight_norm``: the official vocoder / HiFi-GAN files store every conv weight as a
+  weight-norm pair ``X.weight_g`` / ``X.weight_v`` (except the keys in ``plain_weights``).
+
+Reading a file goes through the class's ``convert_state_dict(raw)`` (file content → module state
+dict; identity when the class has none).  Writing a file in the official format (random weights,
+see :func:`to_checkpoint`) uses the class's optional ``export_state_dict(state_dict)`` and
+otherwise the two facts above.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tortoise_xpu.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the network of one checkpoint file.
+
+    ``official`` holds constructor overrides on top of the config class's defaults for the
+    official file (only ``rlg_diffuser.pth`` needs one: 2048 channels).  ``official_params`` is
+    the parameter count of the ORIGINAL class with the official config (anchors.md §3), i.e.
+    counted with weight-norm gains where the file has them.
+    """
+
+    file: str
+    module: str
+    class_name: str
+    config_name: str
+    official_params: int
+    official: tuple[tuple[str, Any], ...] = ()
+    wrapper_key: str | None = None
+    weight_norm: bool = False
+    plain_weights: tuple[str, ...] = ()
+
+    def model_class(self) -> type[nn.Module]:
+        """Import and return the network class (ImportError when its module is not there yet)."""
+        return getattr(importlib.import_module(self.module), self.class_name)
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.config_name)
+
+    def config(self, preset: str = "official") -> Any:
+        """The config for ``preset``: ``"official"`` (the file's constructor values) or ``"tiny"``."""
+        cls = self.config_class()
+        if preset == "official":
+            return cls(**dict(self.official))
+        if preset == "tiny":
+            return cls.tiny()
+        raise UserError(f"unknown config preset {preset!r} (official, tiny)")
+
+
+_M = "tortoise_xpu.models."
+
+#: Every checkpoint file the package can load, keyed by file name.
+SPECS: dict[str, ModelSpec] = {s.file: s for s in (
+    ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig", 421_526_786),
+    ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig", 292_334_380),
+    ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig", 243_846_145),
+    ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig", 37_780_225),
+    ModelSpec("vocoder.pth", _M + "vocoder", "UnivNetGenerator", "UnivNetConfig", 14_865_506,
+              wrapper_key="model_g", weight_norm=True),
+    ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 6_297_600),
+    ModelSpec("rlg_diffuser.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 25_178_112,
+              official=(("channels", 2048),)),
+    ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig",
+              15_224_002),
+    ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig", 17_844_226,
+              weight_norm=True, plain_weights=("cond_layer.weight",)),
+)}
+
+
+def spec(name: str) -> ModelSpec:
+    """The spec of a checkpoint file (name, stem or alias as :func:`tortoise_xpu.assets.asset` takes)."""
+    if name in SPECS:
+        return SPECS[name]
+    from tortoise_xpu.assets import asset
+
+    file = asset(name).name
+    if file not in SPECS:
+        raise UserError(f"{file} is a data file, not a model checkpoint")
+    return SPECS[file]
+
+
+def build(name: str, config: Any = None, device: str | torch.device | None = "meta") -> nn.Module:
+    """Construct the network of ``name`` with ``config`` (an instance, a preset name, or None for
+    the official one) on ``device``.  The default ``meta`` device allocates nothing: shapes and
+    parameter counts only.  The module is returned in eval mode."""
+    s = spec(name)
+    if config is None or isinstance(config, str):
+        config = s.config(config or "official")
+    cls = s.model_class()
+    with torch.device(device) if device is not None else _null():
+        model = cls(config)
+    return model.eval()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def convert(name: str, raw: Any) -> dict[str, torch.Tensor]:
+    """File content → the module's state dict, via the class's ``convert_state_dict``.
+
+    Without that method the file must be the plain state dict (unwrapped from ``wrapper_key``
+    when the spec has one)."""
+    s = spec(name)
+    fn = getattr(s.model_class(), "convert_state_dict", None)
+    if fn is not None:
+        return fn(raw)
+    if s.wrapper_key and isinstance(raw, dict) and isinstance(raw.get(s.wrapper_key), dict):
+        return raw[s.wrapper_key]
+    return raw
+
+
+def to_checkpoint(name: str, state_dict: dict[str, torch.Tensor]) -> Any:
+    """The module's state dict → the object the official file holds (inverse of :func:`convert`).
+
+    Uses the class's ``export_state_dict`` when it has one; otherwise, for weight-norm files,
+    splits every conv weight (≥ 2-D ``X.weight`` not in ``plain_weights``) into ``X.weight_g``
+    (the norm over all dims but 0) and ``X.weight_v`` (the weight itself, whose norm then equals
+    g so folding gives the weight back), and wraps the result under ``wrapper_key``.
+    """
+    s = spec(name)
+    fn = getattr(s.model_class(), "export_state_dict", None)
+    if fn is not None:
+        return fn(state_dict)
+    sd = dict(state_dict)
+    if s.weight_norm:
+        sd = unfold_weight_norm(sd, exclude=s.plain_weights)
+    return {s.wrapper_key: sd} if s.wrapper_key else sd
+
+
+def unfold_weight_norm(state_dict: dict[str, torch.Tensor], exclude: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Split plain conv weights into weight-norm ``weight_g`` / ``weight_v`` pairs (key order kept).
+
+    Only ``X.weight`` tensors with ≥ 2 dims whose pair is not already present are split; 1-D
+    weights (norm scales) and ``exclude`` keys pass through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        stem = key[: -len(".weight")] if key.endswith(".weight") else None
+        if stem is not None and value.dim() >= 2 and key not in exclude and stem + ".weight_g" not in state_dict:
+            dims = tuple(range(1, value.dim()))
+            g = torch.linalg.vector_norm(value.float(), dim=dims, keepdim=True).to(value.dtype)
+            out[stem + ".weight_g"] = g
+            out[stem + ".weight_v"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def checkpoint_parameter_count(name: str, model: nn.Module) -> int:
+    """Parameters the official file holds for ``model`` (weight-norm gains counted), comparable
+    with ``official_params``; works on the meta device."""
+    params = {k: p for k, p in model.named_parameters()}
+    exported = to_checkpoint(name, params)
+    s = spec(name)
+    if s.wrapper_key:
+        exported = exported[s.wrapper_key]
+    return sum(t.numel() for t in exported.values())
+
+
+_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def key_pattern(key: str) -> str:
+    """``gpt.h.12.attn.c_attn.weight`` → ``gpt.h.#.attn.c_attn.weight`` (layer counts ignored)."""
+    return _INDEX.sub(".#", key)
+
+
+def _official_shapes(name: str) -> dict[str, tuple[int, ...]] | None:
+    return _shapes_of(SPECS[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes_of(s: ModelSpec) -> dict[str, tuple[int, ...]] | None:
+    try:
+        model = build(s.file, device="meta") if SPECS.get(s.file) == s else None
+    except Exception:  # a class not written yet, or broken: it just can't be recognised
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()} if model is not None else None
+
+
+def identify(raw: Any) -> list[tuple[str, float, float]]:
+    """Rank the known checkpoints by how much ``raw`` (file content) looks like each.
+
+    Each candidate converts the content with its own ``convert_state_dict`` and compares it
+    with its official network: ``keys`` is the Jaccard index of the key patterns (indices
+    stripped, so tiny and official configs compare alike), ``shapes`` the fraction of the
+    network's keys present with the official shape.  Returns ``[(file, keys, shapes), ...]``,
+    best first; candidates whose class does not import are left out.
+    """
+    ranked = []
+    for file in SPECS:
+        want = _official_shapes(file)
+        if not want:
+            continue
+        try:
+            sd = convert(file, raw)
+        except Exception:
+            continue
+        if not isinstance(sd, dict):
+            continue
+        have = frozenset(key_pattern(k) for k in sd if isinstance(k, str))
+        want_patterns = frozenset(key_pattern(k) for k in want)
+        keys = len(have & want_patterns) / max(1, len(have | want_patterns))
+        same = sum(1 for k, shp in want.items()
+                   if isinstance(sd.get(k), torch.Tensor) and tuple(sd[k].shape) == shp)
+        ranked.append((file, keys, same / max(1, len(want))))
+    ranked.sort(key=lambda r: (r[1], r[2]), reverse=True)
+    return ranked

@@ -1,0 +1,64 @@
+"""Generation presets: the original's four, plus the fast fork's ``single_sample`` and ``very_fast``."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from tortoise_xpu.errors import UserError
+
+# The original's base settings, applied under every preset (tortoise/api.py tts_with_preset).
+BASE_SETTINGS: Mapping[str, Any] = MappingProxyType({
+    "temperature": 0.8,
+    "length_penalty": 1.0,
+    "repetition_penalty": 2.0,
+    "top_p": 0.8,
+    "cond_free_k": 2.0,
+    "diffusion_temperature": 1.0,
+})
+
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    # Original (neonbjb/tortoise-tts api.py).
+    "ultra_fast": MappingProxyType({"num_autoregressive_samples": 16, "diffusion_iterations": 30, "cond_free": False}),
+    "fast": MappingProxyType({"num_autoregressive_samples": 96, "diffusion_iterations": 80}),
+    "standard": MappingProxyType({"num_autoregressive_samples": 256, "diffusion_iterations": 200}),
+    "high_quality": MappingProxyType({"num_autoregressive_samples": 256, "diffusion_iterations": 400}),
+    # From tortoise-tts-fast (its samplers; our base settings, not its temperature 0.2).
+    "single_sample": MappingProxyType({"num_autoregressive_samples": 8, "diffusion_iterations": 10,
+                                       "sampler": "ddim"}),
+    "very_fast": MappingProxyType({"num_autoregressive_samples": 32, "diffusion_iterations": 30,
+                                   "sampler": "dpm++2m"}),
+})
+
+# tts() defaults of the original for everything a preset does not set.
+TTS_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "num_autoregressive_samples": 512,
+    "temperature": 0.8,
+    "length_penalty": 1.0,
+    "repetition_penalty": 2.0,
+    "top_p": 0.8,
+    "top_k": 50,
+    "typical_sampling": False,
+    "typical_mass": 0.9,
+    "max_mel_tokens": 500,
+    "cvvp_amount": 0.0,
+    "diffusion_iterations": 100,
+    "cond_free": True,
+    "cond_free_k": 2.0,
+    "diffusion_temperature": 1.0,
+    "sampler": "p",
+})
+
+DEFAULT_PRESET = "fast"
+
+
+def preset_settings(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The full settings dict for ``preset``: tts() defaults < base settings < preset < overrides."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    settings = {**TTS_DEFAULTS, **BASE_SETTINGS, **PRESETS[preset]}
+    unknown = set(overrides) - set(TTS_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings

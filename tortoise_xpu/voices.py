@@ -1,0 +1,151 @@
+"""Voices: folders of reference clips, saved conditioning latents, random voices and ``a&b`` mixes.
+
+A voice is found by name in the voice search path (``--voices-dir`` folders, then
+``$TORTOISE_XPU_VOICES``, then the user data folder).  A voice folder holds either
+audio clips (wav, flac, ogg, mp3 — whatever libsndfile reads) or exactly one ``.pth``
+file with the tuple ``(ar_latent (1, 1024), diffusion_latent (1, 2048))`` written by
+``tortoise-xpu latents``.  ``random`` asks the random-latent generators for a voice;
+``a&b`` pools the clips of ``a`` and ``b`` (saved latents are averaged).  A path to a
+folder or to clip files works wherever a name does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from tortoise_xpu.errors import UserError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+LATENT_SUFFIXES = (".pth", ".pt")
+RANDOM_VOICE = "random"
+AR_LATENT_DIM = 1024
+DIFFUSION_LATENT_DIM = 2048
+
+
+@dataclass
+class Voice:
+    """A resolved voice: reference clips to encode and/or saved latents to average."""
+
+    name: str
+    clips: list[Path] = field(default_factory=list)
+    latents: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    random: bool = False
+
+
+def user_voices_dir() -> Path:
+    """The per-user voices folder (``$XDG_DATA_HOME/tortoise-xpu/voices``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "tortoise-xpu" / "voices"
+
+
+def voice_search_path(extra: Iterable[str | os.PathLike] | None = None) -> list[Path]:
+    """Folders searched for voices, in order: ``extra``, ``$TORTOISE_XPU_VOICES`` (os.pathsep list), user dir."""
+    dirs = [Path(d) for d in (extra or [])]
+    env = os.environ.get("TORTOISE_XPU_VOICES")
+    if env:
+        dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    dirs.append(user_voices_dir())
+    return dirs
+
+
+def list_voices(dirs: Sequence[Path]) -> dict[str, Path]:
+    """Every voice folder name found in ``dirs`` (first occurrence wins) → its path."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and sub.name not in found and _voice_files(sub):
+                found[sub.name] = sub
+    return found
+
+
+def _voice_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES + LATENT_SUFFIXES)
+
+
+def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a conditioning-latents file safely (weights_only) and check its shapes."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"latents file not found: {path}") from None
+    except Exception as exc:  # unpickling refused or a corrupt file
+        raise UserError(f"{path} is not a valid latents file ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
+        raise UserError(f"{path} must hold a tuple (ar_latent (1, {AR_LATENT_DIM}), "
+                        f"diffusion_latent (1, {DIFFUSION_LATENT_DIM})); found {type(obj).__name__}")
+    ar, diff = (t.float().reshape(1, -1) if t.dim() == 1 else t.float() for t in obj)
+    if tuple(ar.shape) != (1, AR_LATENT_DIM) or tuple(diff.shape) != (1, DIFFUSION_LATENT_DIM):
+        raise UserError(f"{path} has latents of shapes {tuple(obj[0].shape)} and {tuple(obj[1].shape)}; "
+                        f"expected (1, {AR_LATENT_DIM}) and (1, {DIFFUSION_LATENT_DIM})")
+    return ar, diff
+
+
+def save_latents(path: str | os.PathLike, ar: torch.Tensor, diffusion: torch.Tensor) -> None:
+    """Write ``(ar, diffusion)`` latents atomically in the format ``load_latents`` reads."""
+    from tortoise_xpu.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save((ar.detach().float().cpu().reshape(1, -1), diffusion.detach().float().cpu().reshape(1, -1)), tmp)
+
+
+def _from_folder(name: str, folder: Path) -> Voice:
+    files = _voice_files(folder)
+    latents = [p for p in files if p.suffix.lower() in LATENT_SUFFIXES]
+    clips = [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES]
+    if latents and not clips:
+        if len(latents) > 1:
+            raise UserError(f"voice folder {folder} holds {len(latents)} latents files; keep exactly one")
+        return Voice(name, latents=[load_latents(latents[0])])
+    if not clips:
+        raise UserError(f"voice folder {folder} has no audio clips ({', '.join(AUDIO_SUFFIXES)}) "
+                        f"and no latents file")
+    # Clips win over a stray .pth (the original wrote raw clips into <voice>.pth, which is no latent).
+    return Voice(name, clips=clips)
+
+
+def resolve_voice(spec: str, dirs: Sequence[Path] | None = None) -> Voice:
+    """Turn a voice spec (``name``, ``random``, ``a&b``, a folder, clip or latents path) into a ``Voice``."""
+    if not spec or not spec.strip():
+        raise UserError("empty voice name")
+    dirs = list(dirs) if dirs is not None else voice_search_path()
+    parts = [p.strip() for p in spec.split("&")]
+    if any(not p for p in parts):
+        raise UserError(f"bad voice combination {spec!r}: use names joined by '&', e.g. 'alice&bob'")
+    voices = [_resolve_one(p, dirs) for p in parts]
+    if len(voices) == 1:
+        return voices[0]
+    if any(v.random for v in voices):
+        raise UserError("'random' cannot be combined with other voices")
+    return Voice(spec, clips=[c for v in voices for c in v.clips], latents=[l for v in voices for l in v.latents])
+
+
+def _resolve_one(spec: str, dirs: Sequence[Path]) -> Voice:
+    if spec == RANDOM_VOICE:
+        return Voice(RANDOM_VOICE, random=True)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_folder(path.name, path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in LATENT_SUFFIXES:
+            return Voice(path.stem, latents=[load_latents(path)])
+        return Voice(path.stem, clips=[path])
+    known = list_voices(dirs)
+    if spec in known:
+        return _from_folder(spec, known[spec])
+    near = difflib.get_close_matches(spec, list(known), n=5, cutoff=0.5)
+    hint = (f"did you mean: {', '.join(near)}?" if near else
+            f"known voices: {', '.join(sorted(known)[:20]) or 'none'}")
+    where = ", ".join(str(d) for d in dirs)
+    raise UserError(f"unknown voice {spec!r} ({hint}; searched {where}; 'random' needs no files)")
