@@ -101,7 +101,7 @@ oneapi_env_main() {
             --setvars) use_setvars=1; shift ;;
             --print) print_only=1; shift ;;
             --quiet) _oneapi_quiet=1; shift ;;
-            -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+            -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; return 0 ;;
             *) printf 'oneapi-env: unknown option %s (see --help)\n' "$1" >&2; return 2 ;;
         esac
     done

@@ -83,7 +83,7 @@ if (-not $Name) {
 }
 $Effective = $EnvFile
 if ($Python) {
-    $pattern = '(?m)^(\s*-\s*python)([=<>!~ ][^\r\n]*)?$'
+    $pattern = '(?m)^(\s*-\s*python)([=<>!~ ][^\r\n]*)?(?=\r?$)'  # CRLF checkouts too
     if (-not [regex]::IsMatch($EnvText, $pattern)) { Fail 1 "$EnvFile has no '- python=...' line to replace" }
     $EnvText = [regex]::Replace($EnvText, $pattern, "`${1}=$Python")
     $Effective = Join-Path ([IO.Path]::GetTempPath()) "tortoise-xpu-$Name-environment.yml"

@@ -38,7 +38,8 @@ die() {
     printf 'error: %s\n' "$*" >&2
     exit "$code"
 }
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+# The comment block at the top of this file is the help text.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 # Quote a command line for display (words with shell-special characters in single quotes).
 show_cmd() {

@@ -40,3 +40,6 @@ def simulate(monkeypatch):
         return dev
 
     return install
+
+
+pytest_plugins = ["tests.fixtures_tiny"]

@@ -218,6 +218,9 @@ def test_find_prefers_safetensors_and_reads_the_original_hf_cache(tmp_path):
     assert assets.find("vocoder.pth", tmp_path) == tmp_path / "vocoder.pth"
     (tmp_path / "vocoder.safetensors").write_bytes(b"z")
     assert assets.find("vocoder", tmp_path) == tmp_path / "vocoder.safetensors"
+    later = (tmp_path / "vocoder.safetensors").stat().st_mtime + 10
+    os.utime(tmp_path / "vocoder.pth", (later, later))  # fetched again after converting
+    assert assets.find("vocoder", tmp_path) == tmp_path / "vocoder.pth"
     assert assets.find("tokenizer.json", tmp_path) is None
 
 
@@ -281,6 +284,11 @@ def test_complete_part_file_is_finished_without_refetching(server, tmp_path):
     server.routes[server.hf_path("vocoder.pth")] = Route(data)
     (tmp_path / "vocoder.pth.part").write_bytes(data)
     assert assets.download("vocoder.pth", tmp_path, progress=False, endpoint=server.url).read_bytes() == data
+    assert all(r is None for _, _, r in server.log[1:])  # after the 416, only the size was asked
+    # A .part longer than the file cannot be a prefix of it: fetched from the start.
+    (tmp_path / "vocoder.pth").unlink()
+    (tmp_path / "vocoder.pth.part").write_bytes(data + b"tail")
+    assert assets.download("vocoder.pth", tmp_path, progress=False, endpoint=server.url).read_bytes() == data
 
 
 def test_checksum_mismatch_leaves_no_file(server, tmp_path):
@@ -307,6 +315,17 @@ def test_server_announced_checksum_is_enforced_through_a_redirect(server, tmp_pa
     path = assets.download("rlg_diffuser.pth", tmp_path, progress=False, endpoint=server.url)
     assert path.read_bytes() == data
     assert ("GET", "/cdn/blob", None) in server.log
+
+
+def test_resume_through_a_redirect(server, tmp_path):
+    data = _blob(300_000, seed=8)
+    server.routes[server.hf_path("classifier.pth")] = Route(
+        redirect="/cdn/c", headers={"X-Linked-Etag": hashlib.sha256(data).hexdigest(), "X-Repo-Commit": "d" * 40})
+    server.routes["/cdn/c"] = Route(data, cut_after=100_000, cuts=1, headers={"ETag": '"' + "0" * 64 + '"'})
+    path = assets.download("classifier.pth", tmp_path, progress=False, endpoint=server.url)
+    assert path.read_bytes() == data  # the CDN's unrelated 64-hex ETag is not taken for a sha256
+    assert [(p, r) for _, p, r in server.log if p == "/cdn/c"] == [("/cdn/c", None), ("/cdn/c", "bytes=100000-")]
+    assert assets.read_manifest(tmp_path)["classifier.pth"]["commit"] == "d" * 40
 
 
 def test_size_mismatch_is_an_error(server, tmp_path, monkeypatch):

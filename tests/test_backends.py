@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.simdevices import SIM_BY_KEY, SimDevice, hide_accelerators
-from tortoise_xpu.backends import (AUTO_ORDER, BACKENDS, VALID_DEVICES, list_backends, parse_device, resolve)
+from tortoise_xpu.backends import AUTO_ORDER, VALID_DEVICES, list_backends, parse_device, resolve
 from tortoise_xpu.backends.base import Quirks, normalize_op_name
 from tortoise_xpu.backends.cpu import CPUBackend
 from tortoise_xpu.backends.cuda import CUDABackend
@@ -91,16 +91,14 @@ def test_rocm_alias_needs_a_hip_build(simulate, monkeypatch):
     simulate("rtx-3090")
     with pytest.raises(UserError, match="ROCm build"):
         resolve("rocm")
-    monkeypatch.setattr(torch.version, "hip", "6.4.1")
-    monkeypatch.setattr(torch.version, "cuda", None)
-    simulate(SimDevice("mi", "AMD MI", "cuda", "AMD Instinct MI300X", 192 * 2**30, 190 * 2**30, cuda_major=9),
-             count=2)
-    monkeypatch.setattr(torch.version, "hip", "6.4.1")
+    simulate(SimDevice("mi300", "AMD MI300X", "cuda", "AMD Instinct MI300X", 192 * 2**30, 190 * 2**30), count=2)
+    monkeypatch.setattr(torch.version, "hip", "6.4.1")  # a ROCm build: torch.version.cuda is None there
     monkeypatch.setattr(torch.version, "cuda", None)
     backend = resolve("rocm:1")
     assert isinstance(backend, CUDABackend)
     assert backend.device == torch.device("cuda", 1)
     assert backend.runtime() == "ROCm 6.4.1"
+    assert backend.supports(torch.bfloat16)  # from torch.cuda.is_bf16_supported() on ROCm
 
 
 def test_index_beyond_the_devices_present_is_a_clear_error(simulate):

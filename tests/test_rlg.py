@@ -24,8 +24,11 @@ def filled(model: RandomLatentConverter, seed: int) -> RandomLatentConverter:
 
 
 def _cases() -> list:
+    # Official sizes (6M / 25M parameters filled on both sides, seconds each) run by hand with -m slow.
     cases = torch.load(GOLDENS, weights_only=True)["cases"]
-    return [pytest.param(c, id=f"{c['name']}-seed{c['seed']}") for c in cases]
+    return [pytest.param(c, id=f"{c['name']}-seed{c['seed']}",
+                         marks=[pytest.mark.slow] if c["name"].startswith("official") else [])
+            for c in cases]
 
 
 @pytest.mark.parametrize("channels,expected", [(1024, 6_297_600), (2048, 25_178_112)])

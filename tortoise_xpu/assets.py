@@ -196,19 +196,20 @@ def _quote(s: str) -> str:
 def find(name: str, directory: str | os.PathLike | None = None) -> Path | None:
     """Where ``name`` lives in ``directory`` (default :func:`models_dir`), or None.
 
-    Looks for, in order: a converted ``<stem>.safetensors`` (checkpoints only), the file itself,
-    and the original's Hugging Face cache layout (``models--Manmay--tortoise-tts/snapshots/<rev>/``,
+    Looks for, in order: a converted ``<stem>.safetensors`` (checkpoints only; skipped when the
+    ``.pth`` beside it is newer), the file itself, and the original's Hugging Face cache layout (``models--Manmay--tortoise-tts/snapshots/<rev>/``,
     what tortoise-tts' own ``--model_dir`` holds), so a folder filled by the original works as is.
     """
     a = asset(name)
     d = models_dir(directory)
-    candidates = []
+    plain = d / a.name
     if a.model:
-        candidates.append(d / (Path(a.name).stem + ".safetensors"))
-    candidates.append(d / a.name)
-    for p in candidates:
-        if p.is_file():
-            return p
+        converted = d / (Path(a.name).stem + ".safetensors")
+        # A .pth fetched again after converting is newer than its stale conversion: use the .pth.
+        if converted.is_file() and not (plain.is_file() and plain.stat().st_mtime > converted.stat().st_mtime):
+            return converted
+    if plain.is_file():
+        return plain
     if a.source == "hf":
         repo_dir = d / ("models--" + a.repo.replace("/", "--"))
         snapshots = repo_dir / "snapshots"
@@ -307,10 +308,11 @@ def _announced(headers_list: list) -> dict:
     """Size / sha256 / commit the server announced in any hop's headers."""
     out: dict = {}
     for h in headers_list:
-        for key in ("X-Linked-Etag", "ETag"):
+        # Only the hub's own answers (X-Linked-* / X-Repo-Commit) are trusted to name a sha256:
+        # a CDN's ETag may be 64 hex digits that hash something else.
+        keys = ("X-Linked-Etag", "ETag") if h.get("X-Repo-Commit") else ("X-Linked-Etag",)
+        for key in keys:
             v = (h.get(key) or "").strip().strip('"').lower()
-            if v.startswith("w/"):
-                continue
             if _SHA256_RE.match(v) and "sha256" not in out:
                 out["sha256"] = v
         size = h.get("X-Linked-Size")
@@ -443,9 +445,9 @@ def _fetch(url: str, part: Path, label: str, progress: bool, timeout: float) -> 
         if exc.code == 416 and offset:
             # Range past the end: the .part is already whole (or longer than the file); the
             # size/sha256 checks decide which, after we learn the size without a Range.
-            total = _probe_size(url, timeout)
-            if total is not None and offset == total:
-                return {"size": total, "sha256_computed": sha256_file(part)}
+            info = _probe(url, timeout)
+            if info.get("size") is not None and offset == info["size"]:
+                return {**info, "sha256_computed": sha256_file(part)}
             part.unlink(missing_ok=True)
             return _fetch(url, part, label, progress, timeout)
         if exc.code in (401, 403, 404):
@@ -470,15 +472,21 @@ def _fetch(url: str, part: Path, label: str, progress: bool, timeout: float) -> 
                     hasher.update(chunk)
         have = offset
         with open(part, mode) as out, _progress_bar(progress, label, info.get("size") or total, offset) as advance:
-            try:
-                while chunk := resp.read(_CHUNK):
+            while True:
+                try:
+                    chunk = resp.read(_CHUNK)
+                except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead
+                    out.flush()
+                    raise _Interrupted(have, f"{type(exc).__name__}: {exc}") from None
+                if not chunk:
+                    break
+                try:
                     out.write(chunk)
-                    hasher.update(chunk)
-                    have += len(chunk)
-                    advance(len(chunk))
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead
-                out.flush()
-                raise _Interrupted(have, f"{type(exc).__name__}: {exc}") from None
+                except OSError as exc:  # disk full, permissions: retrying would not help
+                    raise TortoiseError(f"cannot write {part}: {exc}") from None
+                hasher.update(chunk)
+                have += len(chunk)
+                advance(len(chunk))
         expected = total if total is not None else info.get("size")
         if expected is not None and have < expected:
             raise _Interrupted(have, f"connection closed at {have:,} of {expected:,} bytes")
@@ -486,13 +494,17 @@ def _fetch(url: str, part: Path, label: str, progress: bool, timeout: float) -> 
     return info
 
 
-def _probe_size(url: str, timeout: float) -> int | None:
+def _probe(url: str, timeout: float) -> dict:
+    """What the server announces for ``url`` (size, sha256, commit), read from the headers only."""
     try:
         resp, hops = _open(url, 0, timeout)
     except (urllib.error.URLError, OSError):
-        return None
+        return {}
     with contextlib.closing(resp):
-        return _announced(hops + [resp.headers]).get("size") or _total_from(resp, 0)
+        info = _announced(hops + [resp.headers])
+        if info.get("size") is None:
+            info["size"] = _total_from(resp, 0)
+        return info
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,7 +555,11 @@ def _verify_one(name: str, d: Path, load: bool, checksums: bool) -> VerifyRow:
         return VerifyRow(a.name, model_label, None, None, "missing", "skipped",
                          f"not downloaded: {download_command(a.name, d)}")
     checksum = "skipped"
-    if checksums and path.suffix != ".safetensors":
+    standin = (read_manifest(d).get(a.name) or {}).get("source") == "stand-in"
+    if standin:
+        # written by `models random-weights` for offline tests: not the official file, and says so
+        checksum = "stand-in"
+    elif checksums and path.suffix != ".safetensors":
         want, origin = expected_checksum(a.name, d)
         if want is None:
             checksum = "unknown"

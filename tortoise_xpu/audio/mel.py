@@ -16,11 +16,19 @@
 Both centre their frames with reflect padding of ``n_fft // 2``, giving
 ``1 + T // hop`` frames.
 
-Two STFT paths, chosen by ``use_complex`` (the backend ``Policy`` decides):
-``True`` uses ``torch.stft`` (complex tensors, an FFT); ``False`` multiplies the
-frames by a real DFT basis with ``conv1d`` (cos and -sin rows, windowed), for
-backends without complex support (DirectML).  After the log they agree within
-1e-5 (tests/test_mel.py).  All work is done in float32 whatever the input dtype.
+Two STFT paths: ``torch.stft`` (complex tensors, an FFT) and a real DFT basis
+(windowed cos and -sin rows) applied with ``conv1d``, which needs no complex
+dtype (DirectML has none).  Each feature uses the original's own algorithm by
+default, so both equal the original bit for bit on the CPU: ``torch.stft`` for the
+AR mel (torchaudio), the real DFT for the UnivNet mel (``TacotronSTFT``).
+``ar_mel(use_complex=False)`` switches the AR mel to the real DFT.
+
+How closely the two paths agree is set by float32 round-off in the transform,
+about 1e-7 of the clip's loudest band: after the log, within 1e-5 wherever a band
+is within ~40 dB of that peak, and ``|diff| <= 1e-5 + 1e-7 * peak / band`` everywhere
+(quieter bands are round-off for either path; even ``torch.stft`` is 4e-4 away
+from a float64 reference there).  tests/test_mel.py checks exactly this.  All
+work is done in float32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ __all__ = [
     "ar_mel",
     "univnet_mel",
     "num_frames",
+    "load_mel_norms",
 ]
 
 LOG_FLOOR = 1e-5
@@ -198,26 +207,34 @@ def num_frames(num_samples: int, spec: MelSpec = AR_MEL) -> int:
     return 1 + num_samples // spec.hop_length
 
 
+STFT_METHODS = ("stft", "dft")
+
+
 def stft_magnitude(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: int, power: float = 1.0,
-                   use_complex: bool = True, flavour: str = "torchaudio") -> torch.Tensor:
+                   method: str = "stft", flavour: str = "torchaudio") -> torch.Tensor:
     """``|STFT|**power`` of ``(B, T)`` float32 audio, centred (reflect padding), Hann window.
 
-    Returns ``(B, n_fft // 2 + 1, 1 + T // hop_length)``.  ``use_complex=False``
-    avoids complex tensors (a real DFT basis through ``conv1d``).  ``flavour`` picks
-    the window's rounding (see :class:`MelSpec`).
+    Returns ``(B, n_fft // 2 + 1, 1 + T // hop_length)``.
+
+    Args:
+        method: ``"stft"``: ``torch.stft`` (complex tensors; torchaudio's algorithm).
+            ``"dft"``: the frames times a windowed cos/-sin basis with ``conv1d`` (the
+            original ``TacotronSTFT``'s algorithm; no complex dtype anywhere).
+        flavour: the window's rounding (see :class:`MelSpec`).
     """
+    if method not in STFT_METHODS:
+        raise ValueError(f"method must be one of {STFT_METHODS}, got {method!r}")
     if wav.shape[-1] <= n_fft // 2:
         raise ValueError(f"audio of {wav.shape[-1]} samples is too short for an STFT of size {n_fft}")
-    if use_complex:
+    n_freqs = n_fft // 2 + 1
+    if method == "stft":
         window = _on("window", wav.device, n_fft, win_length, flavour)
         spec = torch.stft(wav, n_fft, hop_length=hop_length, win_length=n_fft, window=window, center=True,
                           pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
         mag = spec.abs()
         return mag if power == 1.0 else mag.pow(power)
-    basis = _on("basis", wav.device, n_fft, win_length, flavour)
     padded = F.pad(wav[:, None], (n_fft // 2, n_fft // 2), mode="reflect")
-    parts = F.conv1d(padded, basis, stride=hop_length)
-    n_freqs = n_fft // 2 + 1
+    parts = F.conv1d(padded, _on("basis", wav.device, n_fft, win_length, flavour), stride=hop_length)
     power_spec = parts[:, :n_freqs] ** 2 + parts[:, n_freqs:] ** 2
     if power == 2.0:
         return power_spec
@@ -225,37 +242,39 @@ def stft_magnitude(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: i
     return mag if power == 1.0 else mag.pow(power)
 
 
-def _pick_complex(spec: MelSpec, use_complex: bool | None) -> bool:
-    # None: the original's own algorithm.  False: complex tensors are not allowed.
-    if use_complex is None:
-        return spec.native_complex
-    return bool(use_complex) and spec.native_complex if spec.flavour == "tacotron" else bool(use_complex)
+def _pick_method(spec: MelSpec, use_complex: bool | None) -> str:
+    # The original's own algorithm where allowed: torch.stft for torchaudio features (the
+    # real DFT when complex tensors are not allowed), the real DFT for tacotron features.
+    if not spec.native_complex:
+        return "dft"
+    return "dft" if use_complex is False else "stft"
 
 
 def mel_spectrogram(wav: torch.Tensor, spec: MelSpec, use_complex: bool | None = None,
-                    strict: bool = False) -> torch.Tensor:
+                    method: str | None = None) -> torch.Tensor:
     """Linear-amplitude mel spectrogram ``(B, n_mels, frames)`` of ``(T)``, ``(B, T)`` or ``(B, 1, T)`` audio.
 
     Args:
-        use_complex: whether complex tensors (``torch.stft``) may be used.  ``None`` or
-            ``True``: the original's own algorithm for this feature; ``False``: the real
-            DFT path.  (The tacotron flavour never needs complex tensors.)
-        strict: take ``use_complex`` literally (``True`` = ``torch.stft`` even for the
-            tacotron flavour); for comparing the two paths.
+        use_complex: whether complex tensors may be used.  ``None``/``True``: the
+            original's own algorithm for this feature (``torch.stft`` for the
+            torchaudio flavour, the real DFT for the tacotron flavour); ``False``: the
+            real DFT for both.
+        method: force an STFT method (``"stft"`` or ``"dft"``); for comparisons.
     """
     wav = _as_batch(wav)
     if spec.clip_input:
         wav = wav.clamp(-1.0, 1.0)
-    complex_path = bool(use_complex) if strict and use_complex is not None else _pick_complex(spec, use_complex)
-    mag = stft_magnitude(wav, spec.n_fft, spec.hop_length, spec.win_length, spec.power, complex_path, spec.flavour)
+    method = method or _pick_method(spec, use_complex)
+    mag = stft_magnitude(wav, spec.n_fft, spec.hop_length, spec.win_length, spec.power, method, spec.flavour)
     bank = _on("bank", wav.device, spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax,
                spec.mel_scale, spec.flavour)
     return torch.matmul(bank, mag)
 
 
-def log_mel(wav: torch.Tensor, spec: MelSpec, use_complex: bool | None = None, strict: bool = False) -> torch.Tensor:
+def log_mel(wav: torch.Tensor, spec: MelSpec, use_complex: bool | None = None,
+            method: str | None = None) -> torch.Tensor:
     """``log(clamp(mel, 1e-5))`` of :func:`mel_spectrogram`."""
-    return torch.log(torch.clamp(mel_spectrogram(wav, spec, use_complex, strict), min=LOG_FLOOR))
+    return torch.log(torch.clamp(mel_spectrogram(wav, spec, use_complex, method), min=LOG_FLOOR))
 
 
 def ar_mel(wav: torch.Tensor, mel_norms: torch.Tensor | None = None, use_complex: bool = True) -> torch.Tensor:
@@ -283,3 +302,10 @@ def univnet_mel(wav: torch.Tensor, use_complex: bool = True) -> torch.Tensor:
     in bands that hold only float32 round-off, e.g. above 11 kHz of a 22.05 kHz clip.)
     """
     return log_mel(wav, UNIVNET_MEL, use_complex)
+
+
+def load_mel_norms(path) -> torch.Tensor:
+    """The 80 ``mel_norms`` divisors of :func:`ar_mel` (see :func:`tortoise_xpu.data.load_mel_norms`)."""
+    from tortoise_xpu.data import load_mel_norms as _load
+
+    return _load(path)

@@ -70,3 +70,9 @@ class CPUBackend(Backend):
     @property
     def quirks(self) -> Quirks:
         return Quirks()
+
+
+# Portability audit (backends/audit.py): the CPU runs everything.
+from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
+
+AUDIT_RULES = AuditRules("cpu")

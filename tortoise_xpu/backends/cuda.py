@@ -94,3 +94,9 @@ class CUDABackend(DeviceModuleBackend):
         if is_rocm_build():
             return Quirks(notes=("ROCm: HIP through the torch.cuda API",))
         return Quirks()
+
+
+# Portability audit (backends/audit.py): CUDA and ROCm run every op and dtype the pipeline uses.
+from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
+
+AUDIT_RULES = AuditRules("cuda")

@@ -120,3 +120,30 @@ class DirectMLBackend(Backend):
 
     def empty_cache(self) -> None:
         gc.collect()
+
+
+# Portability audit (backends/audit.py): what must not run on a DirectML device
+# (research/backends.md §2; microsoft/DirectML issue numbers in the notes).
+from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
+
+_FALLBACK = "no DirectML kernel: silently falls back to the CPU (a host round trip per call)"
+AUDIT_RULES = AuditRules(
+    "directml",
+    # No complex dtypes at all (#704, #421); float64 as the capabilities report it.
+    forbidden_dtypes=frozenset({torch.complex64, torch.complex128, torch.float64}),
+    fallback_ops={
+        "aten::multinomial": f"{_FALLBACK} (#372)",
+        "aten::cumprod": f"{_FALLBACK} (#437)",
+        "aten::normal.Tensor_Tensor": f"{_FALLBACK} (#405)",
+        "aten::_embedding_bag": f"{_FALLBACK} (#724)",
+        "aten::count_nonzero": f"{_FALLBACK} (#665)",
+        "aten::native_group_norm_backward": f"{_FALLBACK} (#678)",
+        "aten::_linalg_solve_ex": f"{_FALLBACK} (#431)",
+        "aten::to_sparse_csr": f"{_FALLBACK} (#414)",
+    },
+    broken_ops={
+        "aten::eye": "broken on DirectML: returns an empty tensor (#431)",
+        "aten::repeat_interleave.Tensor": "broken on DirectML: raises 'unbox expects Dml at::Tensor' (#449)",
+        "aten::_thnn_fused_lstm_cell": "broken on DirectML: the fused LSTM cell crashes (#677)",
+    },
+    notes=("DirectML is in maintenance mode; torch-directml pins torch 2.4.1",))

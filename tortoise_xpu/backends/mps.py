@@ -119,3 +119,10 @@ class MPSBackend(Backend):
     def peak_memory(self) -> int | None:
         # torch.mps reports current allocations only; there is no peak counter.
         return None
+
+
+# Portability audit (backends/audit.py): Apple GPUs have no float64 (nor complex128).
+from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
+
+AUDIT_RULES = AuditRules("mps", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
+                         notes=("MPS has no float64 (research/backends.md §3)",))

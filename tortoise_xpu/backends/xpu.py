@@ -158,3 +158,13 @@ class XPUBackend(DeviceModuleBackend):
         if self._ipex is None:
             return module
         return self._ipex.optimize(module.eval(), dtype=None if dtype == torch.float32 else dtype, inplace=True)
+
+
+# Portability audit (backends/audit.py): what must not run on an Intel GPU.  Arc A-series and
+# Core Ultra iGPUs have no float64 hardware, so float64 (and complex128) tensors must stay on the
+# host; the quirks' CPU ops (FFT before torch 2.8) are merged in by ``audit.rules_for``.
+from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
+
+AUDIT_RULES = AuditRules(
+    "xpu", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
+    notes=("Arc A-series and Core Ultra iGPUs have no float64 (research/backends.md §1.2)",))

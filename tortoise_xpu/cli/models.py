@@ -72,7 +72,8 @@ def register(subparsers) -> None:
                         "torch: constructor init only")
     q.add_argument("--no-sha", action="store_true", help="do not compute sha256 (faster for full size)")
     q.add_argument("--data-from", default=None, metavar="DIR",
-                   help="also copy tokenizer.json and mel_norms.pth from DIR (e.g. an installed tortoise/data)")
+                   help="also copy tokenizer.json and mel_norms.pth from DIR (e.g. an installed tortoise/data); "
+                        "otherwise stand-ins are written where the folder has none")
     q.set_defaults(func=cmd_random_weights)
 
 
@@ -227,5 +228,8 @@ def cmd_random_weights(args) -> int:
     if args.data_from:
         copied = loading.copy_data_files(args.data_from, out)
         print(f"copied {', '.join(copied) if copied else 'nothing'} from {args.data_from}")
+    standins = loading.write_standin_data(out)
+    if standins:
+        print(f"wrote stand-in {' and '.join(standins)} (not the official files; use --data-from for those)")
     print(f"wrote {len(rows)} files to {out} ({'tiny' if args.tiny else 'official'} configs)")
     return 0

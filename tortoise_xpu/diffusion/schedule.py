@@ -8,10 +8,10 @@ numpy tables with ``astype(np.float32)``), which keeps the samplers in step with
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
-import numpy as np
 import torch
 
 TRAINED_STEPS = 4000
@@ -69,11 +69,6 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Iterable[int
     return set(kept)
 
 
-def _f32(value: float) -> float:
-    """Round a Python float to the nearest float32 (the precision the tables are used in)."""
-    return float(np.float32(value))
-
-
 class DiffusionSchedule:
     """A discrete Gaussian diffusion schedule: float64 CPU tables plus float32 views of them.
 
@@ -108,19 +103,25 @@ class DiffusionSchedule:
                                                if self.num_steps > 1 else torch.log(betas))
         self.posterior_mean_coef1 = betas * torch.sqrt(ac_prev) / (1.0 - ac)
         self.posterior_mean_coef2 = (1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac)
-        self._scalars = {name: [_f32(v) for v in getattr(self, name).tolist()] for name in self.TABLES}
+        self._scalars = {name: getattr(self, name).to(torch.float32).tolist() for name in self.TABLES}
+        self._log_alpha = (0.5 * torch.log(ac)).tolist()  # float64, for the continuous view
 
     @classmethod
     def trained(cls, trained_steps: int = TRAINED_STEPS) -> "DiffusionSchedule":
-        """The full schedule the decoder was trained with."""
-        return cls(linear_betas(trained_steps))
+        """The full schedule the decoder was trained with (cached: treat it as read-only)."""
+        return _trained(cls, trained_steps)
 
     @classmethod
     def respaced(cls, steps: int, trained_steps: int = TRAINED_STEPS) -> "DiffusionSchedule":
         """The trained schedule reduced to ``steps`` evenly spaced steps (``space_timesteps``).
 
         The kept steps get the betas that make their cumulative alphas equal the trained ones.
+        Cached: treat the result as read-only.
         """
+        return _respaced(cls, steps, trained_steps)
+
+    @classmethod
+    def _build_respaced(cls, steps: int, trained_steps: int) -> "DiffusionSchedule":
         if not 1 <= steps <= trained_steps:
             raise ValueError(f"diffusion steps must be between 1 and {trained_steps}, got {steps}")
         keep = space_timesteps(trained_steps, [steps])
@@ -152,8 +153,16 @@ class DiffusionSchedule:
             raise ValueError(f"t={t} is outside the schedule [0, {self.num_steps - 1}]")
         lo = min(int(math.floor(t)), self.num_steps - 2) if self.num_steps > 1 else 0
         frac = t - lo
-        la_lo = 0.5 * math.log(self.alphas_cumprod[lo].item())
-        if frac == 0.0 or self.num_steps == 1:
-            return la_lo
-        la_hi = 0.5 * math.log(self.alphas_cumprod[lo + 1].item())
-        return la_lo + frac * (la_hi - la_lo)
+        if frac == 0.0:
+            return self._log_alpha[lo]
+        return self._log_alpha[lo] + frac * (self._log_alpha[lo + 1] - self._log_alpha[lo])
+
+
+@functools.lru_cache(maxsize=4)
+def _trained(cls: type, trained_steps: int) -> DiffusionSchedule:
+    return cls(linear_betas(trained_steps))
+
+
+@functools.lru_cache(maxsize=16)
+def _respaced(cls: type, steps: int, trained_steps: int) -> DiffusionSchedule:
+    return cls._build_respaced(steps, trained_steps)

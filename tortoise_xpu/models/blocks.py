@@ -27,7 +27,11 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype (half-precision safe)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        # The affine parameters go to float32 too: a model cast to float16/bfloat16 holds them in
+        # that dtype, and group_norm refuses mixed dtypes on the CPU (tests/parity found it).
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:

@@ -69,9 +69,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     ``timesteps`` may be fractional (the dpm++ sampler evaluates between trained steps).
     """
     half = dim // 2
-    # Frequencies in float32 whatever the model dtype: t reaches 4000, fp16/bf16 would alias it.
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=timesteps.device)
-                      * (-math.log(max_period) / half))
+    # Float32 whatever the model dtype: t reaches 4000, fp16/bf16 would alias it.  The exponent is
+    # rounded in the checkpoint's order ((-log P * i) / half): at t = 4000 a 1-ulp change in a
+    # frequency moves the angle by ~2e-4 rad.
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    freqs = torch.exp(exponent)
     angles = timesteps.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     if dim % 2:

@@ -186,20 +186,26 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
     Raises :class:`ModelFileError` for a missing, unreadable or non-matching file.
     """
     s = registry.spec(name)
-    directory = assets.models_dir(models_dir)
-    file_path = Path(path) if path is not None else assets.require(s.file, directory)
-    if config is None:
-        config = _config_preset(s.file, directory)
+    if path is not None:
+        file_path = Path(path)
+        directory = Path(models_dir) if models_dir is not None else file_path.parent
+    else:
+        directory = assets.models_dir(models_dir)
+        file_path = assets.require(s.file, directory)
     raw = load_state(file_path)
-    if file_path.suffix == ".safetensors" and safetensors_metadata(file_path).get("format") == _ST_FORMAT:
-        state = raw
+    st_meta = safetensors_metadata(file_path) if file_path.suffix == ".safetensors" else {}
+    if st_meta.get("format") == _ST_FORMAT:
+        state = raw  # converted by us: already the module's state dict
     else:
         state = _convert_or_explain(s, raw, file_path.name)
+    if config is None:
+        config = st_meta.get("config") if st_meta.get("config") in ("official", "tiny") else \
+            _config_preset(s.file, directory)
 
     model = registry.build(s.file, config, device="meta")
     report = check_state_dict(model, state)
     if not report.ok:
-        raise ModelFileError(_mismatch_message(file_path.name, s, report, raw, model))
+        raise ModelFileError(_mismatch_message(file_path.name, s, report, raw))
 
     state = _cast_like(model, state, dtype)
     if _assign_is_safe(model):
@@ -254,7 +260,7 @@ def _load_copy(s: registry.ModelSpec, config: Any, state: dict[str, torch.Tensor
     return model
 
 
-def _mismatch_message(file_name: str, s: registry.ModelSpec, report: LoadReport, raw: Any, model: nn.Module) -> str:
+def _mismatch_message(file_name: str, s: registry.ModelSpec, report: LoadReport, raw: Any) -> str:
     msg = f"{file_name} does not fit {s.class_name} ({s.file}): {report.summary()}"
     hint = _looks_like(raw, s.file)
     if hint:
@@ -319,8 +325,7 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None
         if reports[preset].ok:
             break
     else:
-        raise ModelFileError(_mismatch_message(src.name, s, reports["official"], raw,
-                                               registry.build(s.file, device="meta")))
+        raise ModelFileError(_mismatch_message(src.name, s, reports["official"], raw))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": _ST_FORMAT, "model": s.file, "class": s.class_name, "source": src.name,
@@ -430,3 +435,41 @@ def copy_data_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         copied.append(a.name)
     return copied
+
+
+def write_standin_data(out_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
+    """Write stand-ins for ``tokenizer.json`` and ``mel_norms.pth`` where ``out_dir`` has none.
+
+    For random-weight folders (tests, benchmarks) on machines that cannot fetch the real files:
+    a character-level BPE vocabulary with the official special and single-character ids
+    (``[STOP]`` 0, ``[UNK]`` 1, ``[SPACE]`` 2, punctuation 3-13, a-z 14-39) and no merges, and
+    80 mel norms spread over the official files' range.  They are recorded in the folder's manifest
+    as ``stand-in``; ``models verify`` reports their checksum as different from the official one.
+    """
+    from tortoise_xpu.fileio import atomic_path, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if overwrite or not (out / "tokenizer.json").exists():
+        symbols = ["[STOP]", "[UNK]", "[SPACE]", *"!'(),-./:;?", *"abcdefghijklmnopqrstuvwxyz"]
+        vocab = {s: i for i, s in enumerate(symbols)}
+        tokenizer = {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": i, "special": True, "content": s, "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False} for i, s in enumerate(symbols[:3])],
+            "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+            "model": {"type": "BPE", "dropout": None, "unk_token": "[UNK]", "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "vocab": vocab, "merges": []},
+        }
+        atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer, indent=1))
+        written.append("tokenizer.json")
+    if overwrite or not (out / "mel_norms.pth").exists():
+        norms = torch.linspace(-9.482, -1.604, 80)
+        with atomic_path(out / "mel_norms.pth") as tmp:
+            torch.save(norms, tmp)
+        written.append("mel_norms.pth")
+    for name in written:
+        assets.record(out, name, sha256=assets.sha256_file(out / name), source="stand-in",
+                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return written

@@ -17,6 +17,7 @@ otherwise the two facts above.
 from __future__ import annotations
 
 import functools
+import dataclasses
 import importlib
 import re
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class ModelSpec:
     wrapper_key: str | None = None
     weight_norm: bool = False
     plain_weights: tuple[str, ...] = ()
+    #: Overrides on top of the config class's ``tiny()`` so that the tiny models of every file fit
+    #: together in one pipeline (latent widths, 100-band mels, 256-sample hop).
+    tiny: tuple[tuple[str, Any], ...] = ()
 
     def model_class(self) -> type[nn.Module]:
         """Import and return the network class (ImportError when its module is not there yet)."""
@@ -61,7 +65,7 @@ class ModelSpec:
         if preset == "official":
             return cls(**dict(self.official))
         if preset == "tiny":
-            return cls.tiny()
+            return dataclasses.replace(cls.tiny(), **dict(self.tiny)) if self.tiny else cls.tiny()
         raise UserError(f"unknown config preset {preset!r} (official, tiny)")
 
 
@@ -74,14 +78,19 @@ SPECS: dict[str, ModelSpec] = {s.file: s for s in (
     ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig", 243_846_145),
     ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig", 37_780_225),
     ModelSpec("vocoder.pth", _M + "vocoder", "UnivNetGenerator", "UnivNetConfig", 14_865_506,
-              wrapper_key="model_g", weight_norm=True),
-    ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 6_297_600),
+              wrapper_key="model_g", weight_norm=True,
+              tiny=(("n_mel_channels", 100), ("strides", (8, 8, 4)), ("hop_length", 256))),
+    # The RLGs make the AR (model_dim) and diffusion (2 x model_channels) voice latents: 64 and 128 when tiny.
+    ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 6_297_600,
+              tiny=(("channels", 64),)),
     ModelSpec("rlg_diffuser.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 25_178_112,
-              official=(("channels", 2048),)),
+              official=(("channels", 2048),), tiny=(("channels", 128),)),
     ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig",
               15_224_002),
     ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig", 17_844_226,
-              weight_norm=True, plain_weights=("cond_layer.weight",)),
+              weight_norm=True, plain_weights=("cond_layer.weight",),
+              tiny=(("in_channels", 64), ("cond_channels", 64), ("upsample_factors", (8, 8, 4)),
+                    ("upsample_kernel_sizes", (16, 16, 8)))),
 )}
 
 

@@ -215,8 +215,8 @@ class TextToSpeech:
         """Token ids as the original ``tts()`` feeds them: the BPE ids plus one trailing 0, (1, n+1)."""
         from tortoise_xpu.text.tokenizer import check_text_length, tts_text_tokens
 
-        ids = self.tokenizer.encode(text)
-        if not ids:
+        ids = self.tokenizer.encode(text) if text.strip() else []
+        if not ids or not any(ch.isalnum() for ch in self.tokenizer.decode(ids)):
             raise UserError("the text is empty after cleaning; nothing to say")
         check_text_length(ids)
         return torch.tensor([tts_text_tokens(ids)], dtype=torch.long)

@@ -248,7 +248,8 @@ fake_tortoise_xpu() {
         echo "error: RuntimeError: fake driver crash" >&2
         return 1
     fi
-    printf '%s\n' "${FAKE_DEVICES:-[{\"name\": \"cpu\", \"available\": true, \"reason\": null, \"device_name\": \"fake CPU\"}]}"
+    local cpu_only='[{"name": "cpu", "available": true, "reason": null, "device_name": "fake CPU"}]'
+    printf '%s\n' "${FAKE_DEVICES:-$cpu_only}"
 }
 
 record "$@"

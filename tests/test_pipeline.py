@@ -1,0 +1,91 @@
+"""End to end through TextToSpeech with tiny random models on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tortoise_xpu.errors import UserError
+
+FAST = dict(num_autoregressive_samples=4, diffusion_iterations=3, max_mel_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_models_dir):
+    from tortoise_xpu import TextToSpeech
+
+    return TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+
+
+def test_random_voice_gives_24khz_audio_and_report(tts):
+    wav = tts.tts_with_preset("Hello there.", preset="ultra_fast", seed=3, **FAST)
+    assert wav.dim() == 2 and wav.shape[0] == 1 and wav.dtype == torch.float32
+    # 12 codes -> 12*4*24000//22050 = 52 mel frames -> 52*256 samples
+    assert wav.shape[1] == 52 * 256
+    assert torch.isfinite(wav).all() and wav.abs().max() <= 1.0
+    r = tts.last_report
+    assert r.seed == 3 and r.candidates == 4 and len(r.scores) == 4
+    assert {"conditioning", "ar", "clvp", "latents", "diffusion", "vocoder"} <= set(r.stages)
+
+
+def test_same_seed_same_audio_other_seed_differs(tts):
+    a = tts.tts_with_preset("Same seed.", preset="ultra_fast", seed=11, **FAST)
+    b = tts.tts_with_preset("Same seed.", preset="ultra_fast", seed=11, **FAST)
+    c = tts.tts_with_preset("Same seed.", preset="ultra_fast", seed=12, **FAST)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_batch_size_does_not_change_candidates(tiny_models_dir):
+    from tortoise_xpu import TextToSpeech
+
+    t1 = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=1)
+    t4 = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=4)
+    from tortoise_xpu.pipeline.sampling import SamplingSettings
+
+    cond = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
+
+    def gen(t):
+        return t.sample_codes(cond, t.text_tokens("batch test"), 4, SamplingSettings(), 10,
+                              torch.Generator().manual_seed(5))
+
+    assert torch.equal(gen(t1), gen(t4))
+
+
+@pytest.mark.parametrize("sampler,cond_free", [("p", True), ("ddim", False), ("ddim", True), ("dpm++2m", True)])
+def test_samplers_and_cond_free(tts, sampler, cond_free):
+    wav = tts.tts("Sampler test.", seed=1, sampler=sampler, cond_free=cond_free, **FAST)
+    assert wav.shape == (1, 52 * 256) and torch.isfinite(wav).all()
+
+
+def test_k_candidates_returns_list_in_score_order(tts):
+    out = tts.tts("Two of them.", k=2, seed=2, **FAST)
+    assert isinstance(out, list) and len(out) == 2
+    scores = tts.last_report.scores
+    assert len(scores) == 4
+
+
+def test_conditioning_latents_are_used(tts):
+    ar = torch.randn(1, 64)
+    diff = torch.randn(1, 128)
+    a = tts.tts("Latents.", conditioning_latents=(ar, diff), seed=4, **FAST)
+    b = tts.tts("Latents.", conditioning_latents=(ar * 2, diff), seed=4, **FAST)
+    assert not torch.equal(a, b)
+
+
+def test_force_tokens_ignores_stop(tts):
+    tts.tts("Forced.", seed=5, force_tokens=7, num_autoregressive_samples=2, diffusion_iterations=2)
+    assert tts.last_report.ar_steps == 7
+
+
+def test_bad_settings_are_user_errors(tts):
+    with pytest.raises(UserError, match="sampler"):
+        tts.tts("x", sampler="euler", **FAST)
+    with pytest.raises(UserError, match="cond_free"):
+        tts.tts("x", sampler="dpm++2m", cond_free=False, **FAST)
+    with pytest.raises(UserError, match="between 1 and"):
+        tts.tts("x", k=9, **FAST)
+    with pytest.raises(UserError, match="unknown setting"):
+        tts.tts("x", warp=1, **FAST)
+    with pytest.raises(UserError, match="empty"):
+        tts.tts("   ", **FAST)

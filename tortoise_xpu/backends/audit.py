@@ -1,0 +1,511 @@
+"""Portability audit: record every aten op a run executes and check it against a backend's rules.
+
+No Intel Arc or DirectML device is needed to know whether a run would be legal there.
+:class:`Recorder` is a ``TorchDispatchMode``: while it is active every aten op (after
+autograd and composite decompositions, i.e. the ops a device kernel would have to run) is
+logged with its input/output dtypes, the pipeline stage it ran for and where it ran.  An
+:class:`AuditRules` table per backend, kept next to each backend's module (``AUDIT_RULES``
+in ``xpu.py``, ``directml.py``, ``mps.py``, ``cuda.py``, ``cpu.py``), then says which of
+those ops would break there: dtypes the device lacks (float64 on Arc, complex on DirectML),
+ops with no kernel that silently fall back to the CPU, ops whose kernel is broken, and the
+ops the backend's ``Quirks.cpu_ops`` say must not run on it.
+
+Where an op ran: on a real device, the devices of its tensors say it.  In a *simulated*
+run (everything on the CPU while the target backend's Policy plans it, see
+:class:`SimulatedBackend`) every op counts as device work unless the code declared it
+host work on purpose:
+
+* ``with cpu_route("why"):`` or ``@cpu_route("why")`` around code that runs on the CPU by
+  design (float64 schedule and filter tables built on the host and cast to float32 there);
+* an op that draws from a CPU ``torch.Generator`` (the pipeline's sampling draws) is host
+  work by construction.
+
+Those are reported as deliberate CPU routes, never as violations.  Stages come from
+``with stage("ar"):`` (``TextToSpeech._timed`` opens one per stage).  Both markers only set
+a ``ContextVar`` when no audit is running.
+
+Example::
+
+    from tortoise_xpu.backends.audit import Recorder, rules_for
+
+    with Recorder() as rec:
+        run_something()
+    report = rec.report(rules_for("directml"))
+    assert report.ok, report.format_violations()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks, dtype_name
+
+__all__ = [
+    "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES", "Violation",
+    "cpu_route", "current_route", "current_stage", "rules_for", "stage",
+]
+
+#: Stage name of ops run outside any ``stage()`` block.
+NO_STAGE = "other"
+#: Route of ops that draw from a CPU generator.
+GENERATOR_ROUTE = "random draws from a CPU torch.Generator (one seed, one result on every backend)"
+#: Route of ops on meta tensors (shapes only, nothing computed).
+META_ROUTE = "meta tensors (shape only, no computation)"
+#: Route of CPU ops in a real (not simulated) device run that no ``cpu_route`` declared.
+UNDECLARED_ROUTE = "host work not declared with cpu_route"
+
+_STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("tortoise_xpu_audit_stage", default=None)
+_ROUTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("tortoise_xpu_audit_route", default=None)
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_THIS_FILE = os.path.abspath(__file__)
+
+
+# ------------------------------------------------------------------------------------------ markers
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Attribute the ops run inside to pipeline stage ``name`` (innermost stage wins)."""
+    token = _STAGE.set(name)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
+
+
+def current_stage() -> str:
+    """The innermost open :func:`stage`, or ``"other"``."""
+    return _STAGE.get() or NO_STAGE
+
+
+@contextlib.contextmanager
+def cpu_route(reason: str) -> Iterator[None]:
+    """Declare the ops run inside as deliberate host (CPU) work, for ``reason``.
+
+    Use it (as a ``with`` block or a decorator) where code computes on the CPU on purpose,
+    e.g. float64 tables built on the host and cast to float32 before they reach a device.
+    It changes nothing at run time; an audit reports those ops as CPU routes instead of
+    checking them against the device's rules.  The tensors must really be CPU tensors:
+    on a real device run an op touching device tensors counts as device work regardless.
+    """
+    token = _ROUTE.set(reason)
+    try:
+        yield
+    finally:
+        _ROUTE.reset(token)
+
+
+def current_route() -> str | None:
+    """The reason of the innermost open :func:`cpu_route`, or ``None``."""
+    return _ROUTE.get()
+
+
+# ------------------------------------------------------------------------------------------ rules
+def _op_matches(pattern: str, op: str) -> bool:
+    """``"aten::eye"`` matches every overload of eye; ``"aten::normal.Tensor_Tensor"`` just that one."""
+    return pattern == op or pattern == op.split(".")[0]
+
+
+@dataclass(frozen=True)
+class AuditRules:
+    """What must not run on one backend's device.
+
+    ``forbidden_dtypes``: tensors of these dtypes cannot live on the device.
+    ``fallback_ops``: op pattern -> note; no device kernel, so the op silently runs on the
+    CPU (a host round trip per call, e.g. inside the AR loop).  ``broken_ops``: op pattern
+    -> note; the device kernel gives wrong results or crashes.  ``quirk_ops``: the schema
+    names the backend's ``Quirks.cpu_ops`` route to the CPU (filled in by :func:`rules_for`).
+    Patterns are ``"aten::name"`` (every overload) or ``"aten::name.overload"``.
+    """
+
+    backend: str
+    forbidden_dtypes: frozenset[torch.dtype] = frozenset()
+    fallback_ops: Mapping[str, str] = field(default_factory=dict)
+    broken_ops: Mapping[str, str] = field(default_factory=dict)
+    quirk_ops: frozenset[str] = frozenset()
+    notes: tuple[str, ...] = ()
+
+    def with_quirks(self, quirks: Quirks) -> "AuditRules":
+        """These rules plus the ops ``quirks`` say must run on the CPU."""
+        return AuditRules(self.backend, self.forbidden_dtypes, self.fallback_ops, self.broken_ops,
+                          self.quirk_ops | frozenset(quirks.cpu_ops), self.notes)
+
+    def problems(self, op: str, dtypes: tuple[torch.dtype, ...]) -> list[tuple[str, str]]:
+        """``(kind, why)`` for everything wrong with running ``op`` on ``dtypes`` on this device.
+
+        Kinds: ``"dtype"``, ``"broken"``, ``"fallback"``, ``"quirk"``.  Empty when legal.
+        """
+        found: list[tuple[str, str]] = []
+        bad = [dtype_name(d) for d in dict.fromkeys(dtypes) if d in self.forbidden_dtypes]
+        if bad:
+            found.append(("dtype", f"{', '.join(bad)} tensors on the device ({self.backend} has no {bad[0]})"))
+        for kind, table in (("broken", self.broken_ops), ("fallback", self.fallback_ops)):
+            for pattern, why in table.items():
+                if _op_matches(pattern, op):
+                    found.append((kind, why))
+                    break
+        if not any(k in ("broken", "fallback") for k, _ in found):
+            if any(_op_matches(p, op) for p in self.quirk_ops):
+                found.append(("quirk", f"{self.backend} quirks route this op to the CPU"))
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "forbidden_dtypes": sorted(dtype_name(d) for d in self.forbidden_dtypes),
+                "fallback_ops": dict(self.fallback_ops), "broken_ops": dict(self.broken_ops),
+                "quirk_ops": sorted(self.quirk_ops), "notes": list(self.notes)}
+
+
+def rules_for(backend: str | Backend) -> AuditRules:
+    """The audit rules of a backend (by registry name, alias or instance), with its quirks merged in.
+
+    The table is the ``AUDIT_RULES`` object of the backend's module; the quirk ops come from
+    the backend class (they may depend on the installed torch, e.g. XPU FFT before 2.8).
+    """
+    from tortoise_xpu.backends import backend_class
+
+    if isinstance(backend, SimulatedBackend):
+        backend = backend.target
+    cls = backend_class(backend) if isinstance(backend, str) else type(backend)
+    rules = getattr(sys.modules[cls.__module__], "AUDIT_RULES", None) or AuditRules(cls.name)
+    return rules.with_quirks(cls(0).quirks)
+
+
+# ------------------------------------------------------------------------------------------ records
+@dataclass
+class OpRecord:
+    """Every execution of one op with one signature, in one stage, at one place."""
+
+    op: str                       # "aten::mm.default"
+    stage: str
+    where: str                    # "device" (simulated), a real device type ("xpu"), or "host"
+    route: str | None             # why it ran on the host (``where == "host"``)
+    inputs: tuple[torch.dtype, ...]
+    outputs: tuple[torch.dtype, ...]
+    count: int = 0
+    location: str | None = None   # first package source line that ran it
+
+    @property
+    def on_device(self) -> bool:
+        return self.where != "host"
+
+    def signature(self) -> str:
+        ins = ", ".join(dtype_name(d) for d in self.inputs) or "-"
+        outs = ", ".join(dtype_name(d) for d in self.outputs) or "-"
+        return f"{self.op}({ins}) -> {outs}"
+
+
+@dataclass
+class Violation:
+    """An op that would fail, fall back or misbehave on the audited backend."""
+
+    backend: str
+    kind: str          # "dtype", "broken", "fallback", "quirk"
+    why: str
+    record: OpRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {"kind": self.kind, "why": self.why, "op": r.op, "stage": r.stage, "where": r.where,
+                "inputs": [dtype_name(d) for d in r.inputs], "outputs": [dtype_name(d) for d in r.outputs],
+                "count": r.count, "location": r.location}
+
+    def __str__(self) -> str:
+        r = self.record
+        return (f"[{self.backend}] {self.kind}: {r.signature()} x{r.count} in stage {r.stage!r} "
+                f"at {r.location or '?'}: {self.why}")
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(obj)
+    return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+
+def _has_cpu_generator(args: tuple, kwargs: dict) -> bool:
+    leaves, _ = tree_flatten((args, kwargs))
+    return any(isinstance(x, torch.Generator) and x.device.type == "cpu" for x in leaves)
+
+
+def _caller_location() -> str | None:
+    """``tortoise_xpu/audio/mel.py:233 (stft_magnitude)``: the innermost package frame outside this file."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(_PACKAGE_DIR) and path != _THIS_FILE:
+            rel = os.path.relpath(path, os.path.dirname(_PACKAGE_DIR)).replace(os.sep, "/")
+            return f"{rel}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back
+    return None
+
+
+class Recorder(TorchDispatchMode):
+    """Log every aten op run while active (``with Recorder() as rec: ...``).
+
+    Args:
+        simulated: the run is on the CPU standing in for a device: CPU ops count as device
+            work unless declared host work (:func:`cpu_route`, a CPU generator).  With
+            ``False`` (a run on the real device) the tensors' devices decide.
+    """
+
+    def __init__(self, simulated: bool = True):
+        super().__init__()
+        self.simulated = simulated
+        self.records: dict[tuple, OpRecord] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self._record(func, args, kwargs, out)
+        return out
+
+    def _where(self, tensors: list[torch.Tensor], args: tuple, kwargs: dict) -> tuple[str, str | None]:
+        kinds = {t.device.type for t in tensors}
+        accel = sorted(kinds - {"cpu", "meta"})
+        if accel:
+            return accel[0], None
+        if kinds == {"meta"}:
+            return "host", META_ROUTE
+        route = _ROUTE.get()
+        if route is not None:
+            return "host", route
+        if _has_cpu_generator(args, kwargs):
+            return "host", GENERATOR_ROUTE
+        if self.simulated:
+            return "device", None
+        return "host", UNDECLARED_ROUTE
+
+    def _record(self, func, args: tuple, kwargs: dict, out: Any) -> None:
+        ins = _tensors((args, kwargs))
+        outs = _tensors(out)
+        where, route = self._where(ins + outs, args, kwargs)
+        schema = func._schema
+        op = f"{schema.name}.{schema.overload_name or 'default'}"
+        key = (op, _STAGE.get() or NO_STAGE, where, route, tuple(dict.fromkeys(t.dtype for t in ins)),
+               tuple(dict.fromkeys(t.dtype for t in outs)))
+        rec = self.records.get(key)
+        if rec is None:
+            rec = self.records[key] = OpRecord(op, key[1], where, route, key[4], key[5],
+                                               location=_caller_location())
+        rec.count += 1
+
+    # -------------------------------------------------------------------------------- results
+    def report(self, rules: AuditRules | str | Backend) -> "AuditReport":
+        """Check everything recorded so far against ``rules`` (or a backend's :func:`rules_for`)."""
+        if not isinstance(rules, AuditRules):
+            rules = rules_for(rules)
+        return AuditReport.build(rules, list(self.records.values()))
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+_RANDOM_OPS = ("rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "exponential",
+               "uniform", "poisson", "cauchy", "geometric", "log_normal", "native_dropout")
+
+
+def _is_random(op: str) -> bool:
+    base = op.split("::")[-1].split(".")[0].rstrip("_")
+    return base in _RANDOM_OPS or base.endswith("_like") and base[:-5] in _RANDOM_OPS
+
+
+@dataclass
+class AuditReport:
+    """What a recorded run means for one backend."""
+
+    rules: AuditRules
+    records: list[OpRecord]
+    violations: list[Violation]
+
+    @classmethod
+    def build(cls, rules: AuditRules, records: list[OpRecord]) -> "AuditReport":
+        violations = []
+        for rec in records:
+            if not rec.on_device:
+                continue
+            for kind, why in rules.problems(rec.op, rec.inputs + rec.outputs):
+                violations.append(Violation(rules.backend, kind, why, rec))
+        order = {"broken": 0, "dtype": 1, "quirk": 2, "fallback": 3}
+        violations.sort(key=lambda v: (order.get(v.kind, 9), v.record.stage, v.record.op))
+        return cls(rules, records, violations)
+
+    @property
+    def backend(self) -> str:
+        return self.rules.backend
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing in the run would break on the backend."""
+        return not self.violations
+
+    def op_counts(self) -> dict[str, dict[str, int]]:
+        """Executed ops per stage: ``{stage: {"device": n, "host": m}}``, stages in first-seen order."""
+        counts: dict[str, dict[str, int]] = {}
+        for rec in self.records:
+            row = counts.setdefault(rec.stage, {"device": 0, "host": 0})
+            row["device" if rec.on_device else "host"] += rec.count
+        return counts
+
+    def cpu_routes(self) -> list[dict[str, Any]]:
+        """Host work, grouped by its declared reason, with what running it on the device would break."""
+        groups: dict[str, dict[str, Any]] = {}
+        for rec in self.records:
+            if rec.on_device:
+                continue
+            g = groups.setdefault(rec.route or UNDECLARED_ROUTE,
+                                  {"stages": [], "ops": Counter(), "locations": [], "avoids": []})
+            if rec.stage not in g["stages"]:
+                g["stages"].append(rec.stage)
+            g["ops"][rec.op.split(".")[0]] += rec.count
+            if rec.location and rec.location.split(" ")[0] not in [x.split(" ")[0] for x in g["locations"]]:
+                g["locations"].append(rec.location)
+            for kind, why in self.rules.problems(rec.op, rec.inputs + rec.outputs):
+                note = f"{kind}: {rec.op.split('.')[0] if kind != 'dtype' else why.split(' tensors')[0]}"
+                if note not in g["avoids"]:
+                    g["avoids"].append(note)
+        return [{"reason": reason, "stages": g["stages"], "count": sum(g["ops"].values()),
+                 "ops": dict(g["ops"].most_common()), "locations": g["locations"], "avoids": g["avoids"]}
+                for reason, g in groups.items()]
+
+    def device_random_draws(self) -> list[OpRecord]:
+        """Random draws made on the device's own generator (not reproducible across backends)."""
+        return [r for r in self.records if r.on_device and _is_random(r.op)]
+
+    def format_violations(self, limit: int = 40) -> str:
+        """The offending ops, one per line (for test failures and the CLI)."""
+        if not self.violations:
+            return f"{self.backend}: no violations"
+        lines = [f"{self.backend}: {len(self.violations)} violation(s):"]
+        lines += [f"  {v}" for v in self.violations[:limit]]
+        if len(self.violations) > limit:
+            lines.append(f"  ... and {len(self.violations) - limit} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = self.op_counts()
+        return {
+            "backend": self.backend,
+            "ok": self.ok,
+            "violations": [v.to_dict() for v in self.violations],
+            "cpu_routes": self.cpu_routes(),
+            "op_counts": counts,
+            "total_ops": sum(c["device"] + c["host"] for c in counts.values()),
+            "distinct_device_ops": len({r.op for r in self.records if r.on_device}),
+            "device_random_draws": [{"op": r.op, "stage": r.stage, "count": r.count, "location": r.location}
+                                    for r in self.device_random_draws()],
+            "rules": self.rules.to_dict(),
+        }
+
+
+def merge_records(*recorders: Recorder) -> list[OpRecord]:
+    """One record list from several recorders (counts of equal keys added)."""
+    merged: dict[tuple, OpRecord] = {}
+    for rec in recorders:
+        for key, r in rec.records.items():
+            if key in merged:
+                merged[key].count += r.count
+            else:
+                merged[key] = OpRecord(r.op, r.stage, r.where, r.route, r.inputs, r.outputs, r.count, r.location)
+    return list(merged.values())
+
+
+# ------------------------------------------------------------------------------------------ simulation
+@dataclass(frozen=True)
+class TypicalDevice:
+    """The device a simulated run plans for when the real one is absent."""
+
+    label: str
+    capabilities: Capabilities
+    memory: MemoryInfo
+
+
+GiB = 1 << 30
+
+#: One common device per backend (graph capture off: the CPU cannot stand in for it).
+TYPICAL_DEVICES: Mapping[str, TypicalDevice] = {
+    "xpu": TypicalDevice("Intel Arc A770 16 GB (fp16, bf16, no fp64)",
+                         Capabilities("xpu", float16=True, bfloat16=True, float64=False, complex=True),
+                         MemoryInfo(16_225_243_136, 15_900_000_000)),
+    "directml": TypicalDevice("a DirectX 12 GPU (fp16; no bf16, fp64, complex; no memory figures)",
+                              Capabilities("directml", float16=True, bfloat16=False, float64=False, complex=False),
+                              MemoryInfo(None, None)),
+    "mps": TypicalDevice("Apple M2 on macOS 14 (fp16, bf16, no fp64; unified memory)",
+                         Capabilities("mps", float16=True, bfloat16=True, float64=False, complex=True,
+                                      unified_memory=True),
+                         MemoryInfo(16 * GiB, None)),
+    "cuda": TypicalDevice("NVIDIA RTX 3090 24 GB (fp16, bf16)",
+                          Capabilities("cuda", float16=True, bfloat16=True, float64=True, complex=True),
+                          MemoryInfo(25_438_126_080, 24_900_000_000)),
+    "cpu": TypicalDevice("the host CPU",
+                         Capabilities("cpu", float16=True, bfloat16=True, float64=True, complex=True,
+                                      unified_memory=True, is_cpu=True),
+                         MemoryInfo(16 * GiB, 12 * GiB)),
+}
+
+
+class SimulatedBackend(Backend):
+    """The host CPU standing in for another backend's device.
+
+    Tensors live on the CPU, but the capabilities, quirks and memory are the target's (a
+    :data:`TYPICAL_DEVICES` entry unless given), so ``policy_for`` plans the run exactly as
+    it would for that device: its dtypes per stage, the real-valued STFT where complex
+    tensors are missing, its batch size and residency.  Pass it as ``device=`` to
+    ``TextToSpeech`` and run under a :class:`Recorder` to audit the target's code path.
+    """
+
+    name = "simulated"
+    device_type = "cpu"
+    indexed = False
+
+    def __init__(self, target: str, capabilities: Capabilities | None = None, memory: MemoryInfo | None = None):
+        from tortoise_xpu.backends import backend_class
+
+        super().__init__(0)
+        cls = backend_class(target)
+        self.target = cls.name
+        self._quirks = cls(0).quirks
+        typical = TYPICAL_DEVICES[self.target]
+        caps = capabilities or typical.capabilities
+        self._caps = Capabilities(caps.backend, caps.float16, caps.bfloat16, caps.float64, caps.complex,
+                                  graphs=False, unified_memory=caps.unified_memory, is_cpu=caps.is_cpu,
+                                  quirks=self._quirks)
+        self._memory = memory if memory is not None else typical.memory
+        self.label = typical.label if capabilities is None else f"{self.target} (given capabilities)"
+
+    def __repr__(self) -> str:
+        return f"SimulatedBackend({self.target!r})"
+
+    def _probe(self) -> str | None:
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def device_names(self) -> list[str]:
+        return [f"{self.label}, simulated on the CPU"]
+
+    def runtime(self) -> str | None:
+        return f"torch {torch.__version__} (CPU, simulating {self.target})"
+
+    def memory(self) -> MemoryInfo:
+        return self._memory
+
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def quirks(self) -> Quirks:
+        return self._quirks
+
+    @property
+    def rules(self) -> AuditRules:
+        return rules_for(self.target)
+
