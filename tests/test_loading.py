@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import pickle
@@ -54,6 +53,14 @@ class StandInWithScratch(StandIn):
     def __init__(self, config: StandInConfig | None = None):
         super().__init__(config)
         self.register_buffer("scratch", torch.arange(3.0), persistent=False)
+
+
+class StandInWithCachedRef(StandIn):
+    """Keeps a plain reference to a weight taken in __init__: assigning tensors would leave it stale."""
+
+    def __init__(self, config: StandInConfig | None = None):
+        super().__init__(config)
+        self.table = torch.ones(2)
 
 
 class WrappedStandIn(StandIn):
@@ -167,6 +174,13 @@ def test_non_persistent_buffers_are_materialised(monkeypatch, tmp_path):
     torch.save(_filled(StandIn()).state_dict(), tmp_path / "rlg_auto.pth")
     model = loading.load_model("rlg_auto.pth", tmp_path)
     assert torch.equal(model.scratch, torch.arange(3.0))
+
+
+def test_plain_tensor_attributes_are_not_left_on_meta(monkeypatch, tmp_path):
+    monkeypatch.setitem(registry.SPECS, "rlg_auto.pth", _standin_spec("StandInWithCachedRef"))
+    torch.save(_filled(StandIn()).state_dict(), tmp_path / "rlg_auto.pth")
+    model = loading.load_model("rlg_auto.pth", tmp_path)
+    assert not model.table.is_meta and torch.equal(model.table, torch.ones(2))
 
 
 def test_convert_state_dict_is_applied(monkeypatch, tmp_path):

@@ -64,7 +64,11 @@ def test_folder_without_clips(voices):
 def test_latents_wrong_shape_and_malicious(tmp_path):
     torch.save((torch.randn(1, 10), torch.randn(1, 2048)), tmp_path / "bad.pth")
     with pytest.raises(UserError, match="shapes"):
-        load_latents(tmp_path / "bad.pth")
+        load_latents(tmp_path / "bad.pth", dims=(1024, 2048))
+    assert load_latents(tmp_path / "bad.pth")[0].shape == (1, 10)  # widths are checked against the models later
+    torch.save((torch.randn(2, 3, 10), torch.randn(1, 2048)), tmp_path / "bad3d.pth")
+    with pytest.raises(UserError, match="shapes"):
+        load_latents(tmp_path / "bad3d.pth")
     marker = tmp_path / "pwned"
 
     class Evil:

@@ -71,8 +71,13 @@ def _voice_files(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES + LATENT_SUFFIXES)
 
 
-def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a conditioning-latents file safely (weights_only) and check its shapes."""
+def load_latents(path: str | os.PathLike,
+                 dims: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a conditioning-latents file safely (weights_only) and check its shapes.
+
+    ``dims``: the expected (AR, diffusion) widths; None accepts any widths (the pipeline checks them
+    against its models), and the official models' are (1024, 2048).
+    """
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -81,13 +86,18 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as exc:  # unpickling refused or a corrupt file
         raise UserError(f"{path} is not a valid latents file ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
             from None
+    want = dims or (AR_LATENT_DIM, DIFFUSION_LATENT_DIM)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
-        raise UserError(f"{path} must hold a tuple (ar_latent (1, {AR_LATENT_DIM}), "
-                        f"diffusion_latent (1, {DIFFUSION_LATENT_DIM})); found {type(obj).__name__}")
-    ar, diff = (t.float().reshape(1, -1) if t.dim() == 1 else t.float() for t in obj)
-    if tuple(ar.shape) != (1, AR_LATENT_DIM) or tuple(diff.shape) != (1, DIFFUSION_LATENT_DIM):
-        raise UserError(f"{path} has latents of shapes {tuple(obj[0].shape)} and {tuple(obj[1].shape)}; "
-                        f"expected (1, {AR_LATENT_DIM}) and (1, {DIFFUSION_LATENT_DIM})")
+        raise UserError(f"{path} must hold a tuple (ar_latent (1, {want[0]}), "
+                        f"diffusion_latent (1, {want[1]})); found {type(obj).__name__}")
+    shapes = [tuple(t.shape) for t in obj]
+    ok = all(t.dim() == 1 or (t.dim() == 2 and t.shape[0] == 1) for t in obj) and all(t.numel() for t in obj)
+    if ok:
+        ar, diff = (t.detach().float().reshape(1, -1) for t in obj)
+        ok = dims is None or (ar.shape[1], diff.shape[1]) == tuple(dims)
+    if not ok:
+        raise UserError(f"{path} has latents of shapes {shapes[0]} and {shapes[1]}; "
+                        f"expected (1, {want[0]}) and (1, {want[1]})")
     return ar, diff
 
 

@@ -40,6 +40,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from tortoise_xpu.backends.audit import cpu_route
+
 __all__ = [
     "MelSpec",
     "AR_MEL",
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 LOG_FLOOR = 1e-5
+# Constant tables are built on the CPU (float64 where the original rounds from float64) and moved
+# as float32; the portability audit (backends/audit.py) reports them as deliberate host work.
+_HOST_TABLES = "mel constants: window, DFT basis and filter bank built on the host (float64), moved as float32"
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ def _mel_to_hz(mel: torch.Tensor, scale: str) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
+@cpu_route(_HOST_TABLES)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
                    mel_scale: str = "htk", flavour: str = "torchaudio") -> torch.Tensor:
     """Slaney-normalised triangular mel filters, ``(n_mels, n_fft // 2 + 1)`` float32 on the CPU.
@@ -161,6 +167,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 # --- STFT ---------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=8)
+@cpu_route(_HOST_TABLES)
 def _window(n_fft: int, win_length: int, flavour: str) -> torch.Tensor:
     # Periodic Hann, centred in n_fft: torch's own float32 one, or scipy's float64 one rounded.
     if flavour == "torchaudio":
@@ -173,6 +180,7 @@ def _window(n_fft: int, win_length: int, flavour: str) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
+@cpu_route(_HOST_TABLES)
 def _dft_basis(n_fft: int, win_length: int, flavour: str) -> torch.Tensor:
     """Windowed real DFT rows: ``(2 * n_freqs, 1, n_fft)``, cos rows then -sin rows."""
     n_freqs = n_fft // 2 + 1

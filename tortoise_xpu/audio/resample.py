@@ -21,10 +21,16 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from tortoise_xpu.backends.audit import cpu_route
+
 __all__ = ["resample", "sinc_resample_kernel"]
+
+# For the portability audit (backends/audit.py): the kernel is deliberate host work.
+_HOST_KERNEL = "resampling kernel: built in float64 on the host, cast to float32 there"
 
 
 @lru_cache(maxsize=32)
+@cpu_route(_HOST_KERNEL)
 def _kernel_f64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     cutoff = min(orig, new) * rolloff  # in units of the reduced rates: below both Nyquists
     half_span = math.ceil(lowpass_filter_width * orig / cutoff)  # input samples each side
@@ -49,7 +55,9 @@ def sinc_resample_kernel(orig_freq: int, new_freq: int, lowpass_filter_width: in
     """
     g = math.gcd(int(orig_freq), int(new_freq))
     kernel, width = _kernel_f64(int(orig_freq) // g, int(new_freq) // g, int(lowpass_filter_width), float(rolloff))
-    return kernel.to(device=device, dtype=dtype), width
+    with cpu_route(_HOST_KERNEL):  # cast on the host: a float64 tensor never reaches the device
+        kernel = kernel.to(dtype)
+    return kernel.to(device), width
 
 
 def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6,

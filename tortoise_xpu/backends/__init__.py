@@ -83,7 +83,7 @@ def parse_device(device: str) -> tuple[str, int | None]:
     return key, index
 
 
-def resolve(device: str = "auto") -> Backend:
+def resolve(device: str | Backend = "auto") -> Backend:
     """The available Backend for a device string (``auto``, ``cpu``, ``cuda:1``, ``rocm``, ``dml:1``, ...).
 
     ``auto`` returns the first available of cuda -> xpu -> mps -> directml -> cpu.
@@ -91,6 +91,8 @@ def resolve(device: str = "auto") -> Backend:
     (not installed / no device / driver error); a malformed string raises
     ``UserError`` listing the valid choices.
     """
+    if isinstance(device, Backend):  # an already-built Backend (e.g. audit.SimulatedBackend) is used as is
+        return device
     name, index = parse_device(device)
     if name == "auto":
         for key in AUTO_ORDER:

@@ -17,8 +17,8 @@ host work on purpose:
 
 * ``with cpu_route("why"):`` or ``@cpu_route("why")`` around code that runs on the CPU by
   design (float64 schedule and filter tables built on the host and cast to float32 there);
-* an op that draws from a CPU ``torch.Generator`` (the pipeline's sampling draws) is host
-  work by construction.
+* a draw that creates its tensor from a CPU ``torch.Generator`` (the pipeline's sampling
+  draws: ``torch.randn(..., generator=cpu_gen)``) is host work by construction.
 
 Those are reported as deliberate CPU routes, never as violations.  Stages come from
 ``with stage("ar"):`` (``TextToSpeech._timed`` opens one per stage).  Both markers only set
@@ -46,7 +46,6 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks, dtype_name
 
@@ -186,7 +185,7 @@ class OpRecord:
 
     op: str                       # "aten::mm.default"
     stage: str
-    where: str                    # "device" (simulated), a real device type ("xpu"), or "host"
+    where: str                    # "device" (simulated), a real device type ("xpu"), "host" or "meta"
     route: str | None             # why it ran on the host (``where == "host"``)
     inputs: tuple[torch.dtype, ...]
     outputs: tuple[torch.dtype, ...]
@@ -195,7 +194,7 @@ class OpRecord:
 
     @property
     def on_device(self) -> bool:
-        return self.where != "host"
+        return self.where not in ("host", "meta")
 
     def signature(self) -> str:
         ins = ", ".join(dtype_name(d) for d in self.inputs) or "-"
@@ -224,26 +223,41 @@ class Violation:
                 f"at {r.location or '?'}: {self.why}")
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    leaves, _ = tree_flatten(obj)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
+def _scan(obj: Any, tensors: list[torch.Tensor], generators: list[torch.Generator]) -> None:
+    """Collect the tensors and generators of an op's arguments or results (lists/tuples nest)."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _scan(item, tensors, generators)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _scan(item, tensors, generators)
+    elif isinstance(obj, torch.Generator):
+        generators.append(obj)
 
 
-def _has_cpu_generator(args: tuple, kwargs: dict) -> bool:
-    leaves, _ = tree_flatten((args, kwargs))
-    return any(isinstance(x, torch.Generator) and x.device.type == "cpu" for x in leaves)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 def _caller_location() -> str | None:
-    """``tortoise_xpu/audio/mel.py:233 (stft_magnitude)``: the innermost package frame outside this file."""
+    """Where an op came from: ``tortoise_xpu/audio/mel.py:233 (stft_magnitude)``.
+
+    The innermost frame in this package (outside this file); failing that, the innermost
+    frame outside torch (a test or script calling torch directly).
+    """
     frame = sys._getframe(2)
+    fallback = None
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        if path.startswith(_PACKAGE_DIR) and path != _THIS_FILE:
-            rel = os.path.relpath(path, os.path.dirname(_PACKAGE_DIR)).replace(os.sep, "/")
-            return f"{rel}:{frame.f_lineno} ({frame.f_code.co_name})"
+        if path != _THIS_FILE:
+            if path.startswith(_PACKAGE_DIR + os.sep):
+                rel = os.path.relpath(path, os.path.dirname(_PACKAGE_DIR)).replace(os.sep, "/")
+                return f"{rel}:{frame.f_lineno} ({frame.f_code.co_name})"
+            if fallback is None and not path.startswith(_TORCH_DIR + os.sep) and not path.startswith("<"):
+                fallback = f"{os.path.basename(path)}:{frame.f_lineno} ({frame.f_code.co_name})"
         frame = frame.f_back
-    return None
+    return fallback
 
 
 class Recorder(TorchDispatchMode):
@@ -266,32 +280,39 @@ class Recorder(TorchDispatchMode):
         self._record(func, args, kwargs, out)
         return out
 
-    def _where(self, tensors: list[torch.Tensor], args: tuple, kwargs: dict) -> tuple[str, str | None]:
-        kinds = {t.device.type for t in tensors}
+    def _where(self, ins: list[torch.Tensor], outs: list[torch.Tensor],
+               generators: list[torch.Generator]) -> tuple[str, str | None]:
+        kinds = {t.device.type for t in ins + outs}
         accel = sorted(kinds - {"cpu", "meta"})
         if accel:
             return accel[0], None
         if kinds == {"meta"}:
-            return "host", META_ROUTE
+            return "meta", META_ROUTE
         route = _ROUTE.get()
         if route is not None:
             return "host", route
-        if _has_cpu_generator(args, kwargs):
+        # A draw that creates its tensor from a CPU generator is made on the host; one that reads
+        # tensors (multinomial, bernoulli(p), x.normal_()) runs wherever those tensors are.
+        if not ins and any(g.device.type == "cpu" for g in generators):
             return "host", GENERATOR_ROUTE
         if self.simulated:
             return "device", None
         return "host", UNDECLARED_ROUTE
 
     def _record(self, func, args: tuple, kwargs: dict, out: Any) -> None:
-        ins = _tensors((args, kwargs))
-        outs = _tensors(out)
-        where, route = self._where(ins + outs, args, kwargs)
-        schema = func._schema
-        op = f"{schema.name}.{schema.overload_name or 'default'}"
-        key = (op, _STAGE.get() or NO_STAGE, where, route, tuple(dict.fromkeys(t.dtype for t in ins)),
+        ins: list[torch.Tensor] = []
+        outs: list[torch.Tensor] = []
+        generators: list[torch.Generator] = []
+        _scan(args, ins, generators)
+        _scan(kwargs, ins, generators)
+        _scan(out, outs, generators)
+        where, route = self._where(ins, outs, generators)
+        key = (func, _STAGE.get() or NO_STAGE, where, route, tuple(dict.fromkeys(t.dtype for t in ins)),
                tuple(dict.fromkeys(t.dtype for t in outs)))
         rec = self.records.get(key)
         if rec is None:
+            schema = func._schema
+            op = f"{schema.name}.{schema.overload_name or 'default'}"
             rec = self.records[key] = OpRecord(op, key[1], where, route, key[4], key[5],
                                                location=_caller_location())
         rec.count += 1
@@ -349,6 +370,8 @@ class AuditReport:
         """Executed ops per stage: ``{stage: {"device": n, "host": m}}``, stages in first-seen order."""
         counts: dict[str, dict[str, int]] = {}
         for rec in self.records:
+            if rec.where == "meta":
+                continue  # building models on the meta device computes nothing
             row = counts.setdefault(rec.stage, {"device": 0, "host": 0})
             row["device" if rec.on_device else "host"] += rec.count
         return counts
@@ -357,7 +380,7 @@ class AuditReport:
         """Host work, grouped by its declared reason, with what running it on the device would break."""
         groups: dict[str, dict[str, Any]] = {}
         for rec in self.records:
-            if rec.on_device:
+            if rec.where != "host":
                 continue
             g = groups.setdefault(rec.route or UNDECLARED_ROUTE,
                                   {"stages": [], "ops": Counter(), "locations": [], "avoids": []})

@@ -280,6 +280,20 @@ class Backend:
         """Backend-specific inference optimisation of a module (default: unchanged)."""
         return module
 
+    # ------------------------------------------------------------------ graphs and streams
+    def graph_runner(self) -> Any:
+        """Device-graph capture and replay here (a ``backends.graphs.GraphRunner``), or ``None``."""
+        return None
+
+    def graph(self) -> Any:
+        """A fresh, empty device graph (``torch.cuda.CUDAGraph()``-like), or ``None`` where unsupported."""
+        runner = self.graph_runner()
+        return runner.new_graph() if runner is not None else None
+
+    def side_stream(self) -> Any:
+        """A second device stream for overlapping copies (``backends.graphs.SideStream``), or ``None``."""
+        return None
+
     # ------------------------------------------------------------------ reporting
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary of this backend (what ``tortoise-xpu devices --json`` prints)."""
@@ -344,8 +358,29 @@ class DeviceModuleBackend(Backend):
     older torch without one simply reports ``None`` / does nothing.
     """
 
+    #: Name of the module's graph class ("CUDAGraph", "XPUGraph"); empty: no graphs.
+    graph_class: ClassVar[str] = ""
+
     def _module(self) -> Any:
         raise NotImplementedError
+
+    def graph_runner(self) -> Any:
+        if not self.graph_class or not self.is_available() or not self.graphs:
+            return None
+        from tortoise_xpu.backends.graphs import GraphRunner
+
+        if getattr(self, "_graph_runner", None) is None:
+            self._graph_runner = GraphRunner.probe(self._module(), self.graph_class, self.device)
+        return self._graph_runner
+
+    def side_stream(self) -> Any:
+        if not self.is_available():
+            return None
+        from tortoise_xpu.backends.graphs import SideStream
+
+        if getattr(self, "_side_stream", None) is None:
+            self._side_stream = SideStream.probe(self._module(), self.device)
+        return self._side_stream
 
     def _call(self, fn: str, *args: Any, default: Any = None) -> Any:
         func = getattr(self._module(), fn, None)

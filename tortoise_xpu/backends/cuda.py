@@ -26,6 +26,7 @@ class CUDABackend(DeviceModuleBackend):
     name = "cuda"
     aliases = ("rocm",)
     device_type = "cuda"
+    graph_class = "CUDAGraph"
 
     def _module(self) -> Any:
         return torch.cuda

@@ -46,6 +46,7 @@ class XPUBackend(DeviceModuleBackend):
 
     name = "xpu"
     device_type = "xpu"
+    graph_class = "XPUGraph"  # torch.xpu has it in recent builds; graph_runner() probes for it
 
     def __init__(self, index: int = 0):
         super().__init__(index)

@@ -137,8 +137,9 @@ def _f32(v: float) -> float:
 
 
 def _f32_sqrt(v: float) -> float:
-    """sqrt rounded to float32, as a float32 tensor op would round it."""
-    return _f32(math.sqrt(v))
+    """sqrt as a float32 tensor op computes it (torch's CPU float32 sqrt is not always correctly
+    rounded; using it keeps DDIM bit-compatible with the original's tensor arithmetic)."""
+    return torch.tensor(v, dtype=torch.float32).sqrt().item()
 
 
 def _lambda(sched: DiffusionSchedule, t: float) -> float:

@@ -31,8 +31,8 @@ from torch import nn
 
 from tortoise_xpu.models.blocks import AttentionBlock, normalization
 
-# (x, timesteps, want_unconditional) -> (conditional output, unconditional output or None);
-# the protocol the samplers in ``tortoise_xpu.diffusion`` call.
+# (x, timesteps, want_unconditional) -> (conditional output, unconditional output or None): the
+# callable ``tortoise_xpu.diffusion.sample`` takes (its ``Denoiser``).
 Denoiser = Callable[[torch.Tensor, torch.Tensor, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 

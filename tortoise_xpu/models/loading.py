@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -210,7 +209,7 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
     state = _cast_like(model, state, dtype)
     if _assign_is_safe(model):
         model.load_state_dict(state, strict=True, assign=True)
-        if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        if _has_meta_tensors(model):
             model = _load_copy(s, config, state)
     else:
         model = _load_copy(s, config, state)
@@ -252,6 +251,17 @@ def _assign_is_safe(model: nn.Module) -> bool:
         seen.add(id(p))
     # A buffer missing from state_dict() is non-persistent: assigning would leave it on meta.
     return {k for k, _ in model.named_buffers()} <= set(model.state_dict())
+
+
+def _has_meta_tensors(model: nn.Module) -> bool:
+    """Whether any tensor of the module is still on meta: a parameter or buffer, or a plain tensor
+    attribute (e.g. a cached reference to a weight taken in ``__init__``) that assigning missed."""
+    for m in model.modules():
+        tensors = list(m._parameters.values()) + list(m._buffers.values())
+        tensors += [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        if any(t is not None and t.is_meta for t in tensors):
+            return True
+    return False
 
 
 def _load_copy(s: registry.ModelSpec, config: Any, state: dict[str, torch.Tensor]) -> nn.Module:

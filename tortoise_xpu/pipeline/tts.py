@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from tortoise_xpu.backends.audit import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings
@@ -161,7 +162,8 @@ class TextToSpeech:
         self.backend.synchronize()
         start = time.perf_counter()
         try:
-            yield
+            with audit_stage(stage):  # names the stage for the portability audit (backends/audit.py)
+                yield
         finally:
             self.backend.synchronize()
             self.last_report.stages[stage] = self.last_report.stages.get(stage, 0.0) + time.perf_counter() - start
@@ -204,6 +206,15 @@ class TextToSpeech:
             return ar_latent, diff_latent, ar_mels
         return ar_latent, diff_latent
 
+    def _check_latents(self, latents) -> tuple[torch.Tensor, torch.Tensor]:
+        """Saved latents as (1, D) float tensors, checked against the loaded models' widths."""
+        ar, diff = (t.detach().float().reshape(1, -1) for t in latents)
+        want = (self.model("autoregressive").config.model_dim, 2 * self.model("diffusion").config.model_channels)
+        if (ar.shape[1], diff.shape[1]) != want:
+            raise UserError(f"conditioning latents of widths {ar.shape[1]} and {diff.shape[1]} do not fit these "
+                            f"models ({want[0]} and {want[1]}): they were made with other model files")
+        return ar, diff
+
     def get_random_conditioning_latents(self, generator: torch.Generator | None = None):
         """A random voice from the random-latent generators: ``(ar (1, 1024), diffusion (1, 2048))``."""
         ref = torch.zeros(1)
@@ -222,39 +233,24 @@ class TextToSpeech:
         return torch.tensor([tts_text_tokens(ids)], dtype=torch.long)
 
     # ------------------------------------------------------------------------------------ AR
+    def _decoder(self):
+        """The AR decode engine (pipeline/decode.py); its buffers and graphs are reused across batches."""
+        from tortoise_xpu.pipeline.decode import DecodeEngine
+
+        graphs = self.policy(self._candidates).graph_capture
+        engine = getattr(self, "_decode_engine", None)
+        if engine is None or engine.graphs_requested != graphs:
+            engine = DecodeEngine(self.backend, graphs=graphs, progress=lambda d, t: self._report("ar", d, t))
+            self._decode_engine = engine
+        return engine
+
     def _decode_batch(self, ar, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor, s: SamplingSettings,
                       max_tokens: int, force: bool) -> torch.Tensor:
         """Sample ``u.shape[0]`` candidates; returns codes (B, max_tokens) padded with the stop token."""
-        cfg = ar.config
-        b = u.shape[0]
-        dev = self.device
-        prompt = ar.prompt_length(text.shape[1])
-        cache = ar.new_cache(b, prompt + max_tokens, dtype=self._stage_dtype("autoregressive"), device=dev)
-        logits, _ = ar.prefill(cond, text, cache)
-        vocab = logits.shape[-1]
-        seen = torch.zeros(b, vocab, dtype=torch.bool, device=dev)
-        seen[:, PROMPT_PLACEHOLDER_ID] = True
-        seen[:, cfg.start_mel_token] = True
-        codes = torch.full((b, max_tokens), cfg.stop_mel_token, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        u = u.to(dev)
-        for step in range(max_tokens):
-            logits = logits.float()
-            if force:
-                logits[:, cfg.stop_mel_token] = float("-inf")
-            tok = draw(process_logits(logits, seen, s), u[:, step])
-            tok = torch.where(done, torch.full_like(tok, cfg.stop_mel_token), tok)
-            codes[:, step] = tok
-            done |= tok == cfg.stop_mel_token
-            seen.scatter_(1, tok.unsqueeze(1), True)
-            self._report("ar", step + 1, max_tokens)
-            if step + 1 == max_tokens:
-                break
-            if not force and (step + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
-                break
-            logits, _ = ar.decode_step(tok, step + 1, cache)
-        self.last_report.ar_steps = max(self.last_report.ar_steps, step + 1)
-        return codes
+        result = self._decoder().decode(ar, cond, text, u, s, max_tokens, force,
+                                        cache_dtype=self._stage_dtype("autoregressive"))
+        self.last_report.ar_steps = max(self.last_report.ar_steps, result.steps)
+        return result.codes
 
     def sample_codes(self, cond: torch.Tensor, text: torch.Tensor, num_samples: int, settings: SamplingSettings,
                      max_tokens: int, generator: torch.Generator, force_tokens: bool = False) -> torch.Tensor:
@@ -278,6 +274,8 @@ class TextToSpeech:
                 return list(codes.unbind(0))
 
             rows = run_with_backoff(work, list(range(num_samples)), policy.ar_batch_size, backend=self.backend)
+        if not policy.resident:
+            self._decoder().release()  # per-stage mode: the KV cache and graphs leave with the model
         return torch.stack(rows)
 
     # ------------------------------------------------------------------------------------ ranking
@@ -369,7 +367,7 @@ class TextToSpeech:
                 ar_latent, diff_latent, ar_mels = self.get_conditioning_latents(voice_samples, return_mels=True,
                                                                                 generator=gen)
             elif conditioning_latents is not None:
-                ar_latent, diff_latent = (t.float() for t in conditioning_latents)
+                ar_latent, diff_latent = self._check_latents(conditioning_latents)
             else:
                 ar_latent, diff_latent = self.get_random_conditioning_latents(generator=gen)
         ar_latent, diff_latent = ar_latent.to(self.device), diff_latent.to(self.device)

@@ -1,0 +1,333 @@
+"""The AR decode engine: one sampling step as one static function, run eagerly or as device graphs.
+
+A step is the whole of one generated code: the code embedding at its mel position, the 30
+GPT-2 blocks against the KV cache, the mel head, the logit processors, the inverse-CDF draw,
+writing the code and updating the repetition-penalty mask and the stop flags.  Every piece of
+state lives in tensors allocated once per shape (:class:`DecodeState`), so the step needs no
+host synchronisation: the host only asks "has every candidate stopped?" every
+``stop_check_every`` steps, and never when the token count is forced.
+
+Three modes, one set of semantics (same seed, same codes):
+
+``eager``
+    The mel position is a Python int; attention reads exactly the cache prefix written so far.
+    Best where kernel launches are cheap (the CPU) or no graphs exist.
+``static``
+    The position is a 0-d device tensor updated in place, so every step has the same shapes.
+    Attention reads a *bucket* of the cache: the prefix rounded up to a multiple of ``bucket``
+    positions, masked past the live slot, so the step costs what the live prefix costs rather
+    than the whole preallocated cache.
+``graph``
+    ``static`` with each bucket's step captured once as a device graph (a warm-up on a side
+    stream first, as device graphs require) and replayed; the graphs are kept and reused by every
+    later batch of the same shape.  Kernel launches, which dominate an eager step on a GPU, go away.
+
+``TORTOISE_XPU_DECODE`` (eager, static or graph) forces a mode; ``TORTOISE_XPU_DECODE_BUCKET``
+sets the bucket length; ``TORTOISE_XPU_COMPILE=1`` wraps the static step in ``torch.compile``
+(off by default: measure it first, see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits
+
+__all__ = ["DecodeEngine", "DecodeResult", "DecodeState", "MODES", "bucket_length", "choose_mode"]
+
+MODES = ("eager", "static", "graph")
+
+#: Cache positions per bucket of the static path (the cache is also allocated in these units).
+DEFAULT_BUCKET = 64
+STOP_CHECK_EVERY = 16
+# Placeholder id of the prompt positions in the original's ``generate`` input; HF's repetition
+# penalty sees it (and the start token) as already used, so ours does too.
+PROMPT_PLACEHOLDER_ID = 1
+
+MODE_ENV = "TORTOISE_XPU_DECODE"
+BUCKET_ENV = "TORTOISE_XPU_DECODE_BUCKET"
+COMPILE_ENV = "TORTOISE_XPU_COMPILE"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def choose_mode(graphs: bool, has_runner: bool, forced: str | None = None) -> str:
+    """The decode mode: ``forced`` (or ``$TORTOISE_XPU_DECODE``) if set, else graphs where the
+    policy asks for them and the backend can capture, else eager.  A forced ``graph`` without a
+    capable backend runs ``static``."""
+    forced = forced or os.environ.get(MODE_ENV, "").strip().lower() or None
+    if forced is not None and forced not in MODES:
+        raise ValueError(f"unknown decode mode {forced!r}; choose one of {', '.join(MODES)}")
+    mode = forced or ("graph" if graphs else "eager")
+    if mode == "graph" and not has_runner:
+        mode = "static"
+    return mode
+
+
+def bucket_length(live: int, bucket: int, limit: int) -> int:
+    """``live`` cache positions rounded up to a multiple of ``bucket``, at most ``limit``."""
+    return min(-(-live // bucket) * bucket, limit)
+
+
+@dataclass
+class DecodeResult:
+    codes: torch.Tensor   # (B, max_tokens) long, on the device, stop-padded
+    steps: int            # codes sampled per candidate before the loop ended
+
+
+@dataclass
+class DecodeState:
+    """Everything one decode batch reads and writes, allocated once per shape and reused.
+
+    ``tokens`` (B,) the last code; ``position`` 0-d, the mel position of ``tokens`` (= index of
+    the code being sampled next); ``seen`` (B, V) ids used so far (repetition penalty);
+    ``done`` (B,) candidates that emitted the stop token; ``codes`` (B, T) the output;
+    ``u`` (B, T) the pre-drawn uniforms; ``stop_bias`` (V,) 0, or -inf at the stop token when
+    the token count is forced.
+    """
+
+    key: tuple
+    cache: Any
+    tokens: torch.Tensor
+    position: torch.Tensor
+    seen: torch.Tensor
+    done: torch.Tensor
+    codes: torch.Tensor
+    u: torch.Tensor
+    stop_bias: torch.Tensor
+    settings: SamplingSettings
+    stop_token: int
+    views: dict[int, Any] = field(default_factory=dict)
+    steps: dict[int, Callable[[], None]] = field(default_factory=dict)
+    graphs: dict[int, Any] = field(default_factory=dict)
+
+    def snapshot(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.clone() for t in (self.tokens, self.position, self.seen, self.done))
+
+    def restore(self, saved: tuple[torch.Tensor, ...]) -> None:
+        for dst, src in zip((self.tokens, self.position, self.seen, self.done), saved):
+            dst.copy_(src)
+
+
+class DecodeEngine:
+    """Samples AR candidates for ``TextToSpeech``; keeps its buffers and graphs between batches.
+
+    Args:
+        backend: the Backend the model runs on (its ``graph_runner()`` captures graphs).
+        mode: ``eager``, ``static`` or ``graph`` (see the module docstring); None: :func:`choose_mode`
+            from ``graphs``.
+        graphs: whether the Policy asks for graph capture (``policy.graph_capture``).
+        bucket: cache positions per static-path bucket (default ``$TORTOISE_XPU_DECODE_BUCKET`` or 64).
+        stop_check_every: steps between the host checks for "every candidate has stopped".
+        compile: wrap the static step in ``torch.compile`` (default ``$TORTOISE_XPU_COMPILE``).
+        graph_runner: overrides ``backend.graph_runner()`` (tests pass a stand-in).
+        progress: ``progress(done, total)`` after each step (host-side only, no sync).
+    """
+
+    def __init__(self, backend: Any, *, mode: str | None = None, graphs: bool = False, bucket: int | None = None,
+                 stop_check_every: int = STOP_CHECK_EVERY, compile: bool | None = None,
+                 graph_runner: Any = None, progress: Callable[[int, int], None] | None = None):
+        self.backend = backend
+        self.graphs_requested = bool(graphs)
+        self.runner = graph_runner if graph_runner is not None else (
+            backend.graph_runner() if (graphs or mode == "graph") else None)
+        self.mode = choose_mode(graphs, self.runner is not None, mode)
+        self.bucket = int(bucket or os.environ.get(BUCKET_ENV) or DEFAULT_BUCKET)
+        if self.bucket < 1:
+            raise ValueError(f"bucket must be >= 1, got {self.bucket}")
+        self.stop_check_every = max(1, int(stop_check_every))
+        self.compile = _env_flag(COMPILE_ENV) if compile is None else bool(compile)
+        self.progress = progress
+        self._state: DecodeState | None = None
+        #: Graph captures made so far (a new shape, model or setting captures again).
+        self.captures = 0
+
+    # ----------------------------------------------------------------------------- public
+    def release(self) -> None:
+        """Drop the buffers, KV cache and graphs (low-VRAM mode calls this after the AR stage)."""
+        self._state = None
+
+    def decode(self, ar: torch.nn.Module, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor,
+               settings: SamplingSettings, max_tokens: int, force: bool = False,
+               cache_dtype: torch.dtype | None = None) -> DecodeResult:
+        """Sample ``u.shape[0]`` candidates of ``max_tokens`` codes.
+
+        cond (1, D) voice latent and text (1, T) tokens, on the model's device; ``u`` (B, >=
+        max_tokens) float uniforms, one row per candidate (row i always gives candidate i the same
+        codes, whatever the batch).  ``force`` bans the stop token (benchmarks).  Returns stop-padded
+        codes (B, max_tokens) on the device and the number of steps run.
+        """
+        cfg = ar.config
+        if not 1 <= max_tokens <= cfg.mel_positions - 1:
+            raise ValueError(f"max_tokens must be in 1..{cfg.mel_positions - 1}, got {max_tokens}")
+        if self.mode == "eager":
+            return self._decode_eager(ar, cond, text, u, settings, max_tokens, force, cache_dtype)
+        return self._decode_static(ar, cond, text, u, settings, max_tokens, force, cache_dtype)
+
+    # ----------------------------------------------------------------------------- shared pieces
+    @staticmethod
+    def _sample(logits: torch.Tensor, seen: torch.Tensor, done: torch.Tensor, u: torch.Tensor,
+                stop_bias: torch.Tensor | None, settings: SamplingSettings, stop_token: int) -> torch.Tensor:
+        """One code per row from raw logits; finished rows keep emitting the stop token."""
+        logits = logits.float()
+        if stop_bias is not None:
+            logits = logits + stop_bias  # adds 0 everywhere but -inf at the stop token: exact
+        tok = draw(process_logits(logits, seen, settings), u)
+        return tok.masked_fill(done, stop_token)
+
+    def _tick(self, done_steps: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done_steps, total)
+
+    def _should_stop(self, n: int, force: bool, done: torch.Tensor) -> bool:
+        # The one host sync of the loop, every stop_check_every codes and never when forced.
+        return not force and n % self.stop_check_every == 0 and bool(done.all())
+
+    @staticmethod
+    def _initial_seen(b: int, vocab: int, start_token: int, device: Any) -> torch.Tensor:
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        seen[:, PROMPT_PLACEHOLDER_ID] = True
+        seen[:, start_token] = True
+        return seen
+
+    # ----------------------------------------------------------------------------- eager (int positions)
+    def _decode_eager(self, ar, cond, text, u, settings, max_tokens, force, cache_dtype) -> DecodeResult:
+        cfg = ar.config
+        b = u.shape[0]
+        dev = cond.device
+        prompt = ar.prompt_length(text.shape[1])
+        cache = ar.new_cache(b, prompt + max_tokens, dtype=cache_dtype, device=dev)
+        logits, _ = ar.prefill(cond, text, cache)
+        vocab = logits.shape[-1]
+        seen = self._initial_seen(b, vocab, cfg.start_mel_token, dev)
+        codes = torch.full((b, max_tokens), cfg.stop_mel_token, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        u = u.to(dev, torch.float32)
+        stop_bias = self._stop_bias(vocab, cfg.stop_mel_token, dev) if force else None
+        n = 0
+        while True:
+            tok = self._sample(logits, seen, done, u[:, n], stop_bias, settings, cfg.stop_mel_token)
+            codes[:, n] = tok
+            done |= tok == cfg.stop_mel_token
+            seen.scatter_(1, tok.unsqueeze(1), True)
+            n += 1
+            self._tick(n, max_tokens)
+            if n == max_tokens or self._should_stop(n, force, done):
+                break
+            logits, _ = ar.decode_step(tok, n, cache)
+        return DecodeResult(codes, n)
+
+    @staticmethod
+    def _stop_bias(vocab: int, stop_token: int, device: Any) -> torch.Tensor:
+        bias = torch.zeros(vocab, dtype=torch.float32, device=device)
+        bias[stop_token] = float("-inf")
+        return bias
+
+    # ----------------------------------------------------------------------------- static / graph
+    def _state_for(self, ar, b: int, cache_len: int, max_tokens: int, settings: SamplingSettings, force: bool,
+                   cache_dtype: torch.dtype | None, device: Any) -> DecodeState:
+        """The buffers for this shape: reused when the shape, model weights and settings match."""
+        cfg = ar.config
+        params = tuple(p.data_ptr() for p in ar.parameters())
+        key = (id(ar), hash(params), b, cache_len, max_tokens, settings, force, cache_dtype, str(device))
+        if self._state is not None and self._state.key == key:
+            return self._state
+        self._state = None  # free the old shape's cache and graphs before allocating the new ones
+        cache = ar.new_cache(b, cache_len, dtype=cache_dtype, device=device)
+        vocab = cfg.number_mel_codes
+        self._state = DecodeState(
+            key=key, cache=cache,
+            tokens=torch.zeros(b, dtype=torch.long, device=device),
+            position=torch.zeros((), dtype=torch.long, device=device),
+            seen=torch.zeros(b, vocab, dtype=torch.bool, device=device),
+            done=torch.zeros(b, dtype=torch.bool, device=device),
+            codes=torch.zeros(b, max_tokens, dtype=torch.long, device=device),
+            u=torch.zeros(b, max_tokens, dtype=torch.float32, device=device),
+            stop_bias=(self._stop_bias(vocab, cfg.stop_mel_token, device) if force
+                       else torch.zeros(vocab, dtype=torch.float32, device=device)),
+            settings=settings, stop_token=cfg.stop_mel_token)
+        return self._state
+
+    def _record(self, st: DecodeState, logits: torch.Tensor) -> None:
+        """Sample the code at ``st.position`` from ``logits`` and advance the state, all in place."""
+        idx = st.position.reshape(1)
+        u = st.u.index_select(1, idx).squeeze(1)
+        tok = self._sample(logits, st.seen, st.done, u, st.stop_bias, st.settings, st.stop_token)
+        st.codes.index_copy_(1, idx, tok.unsqueeze(1))
+        st.done.logical_or_(tok == st.stop_token)
+        st.seen.scatter_(1, tok.unsqueeze(1), True)
+        st.tokens.copy_(tok)
+        st.position.add_(1)
+
+    def _step_fn(self, ar, st: DecodeState, length: int) -> Callable[[], None]:
+        """The static step for a cache bucket of ``length`` positions (cached per bucket)."""
+        if length in st.steps:
+            return st.steps[length]
+        cache = st.cache
+        view = replace(cache, k=cache.k[:, :, :, :length], v=cache.v[:, :, :, :length], slots=cache.slots[:length])
+        st.views[length] = view
+
+        def step() -> None:
+            logits, _ = ar.decode_step(st.tokens, st.position, view)
+            self._record(st, logits)
+
+        fn: Callable[[], None] = step
+        if self.compile and hasattr(torch, "compile"):
+            fn = torch.compile(step, dynamic=False)
+        st.steps[length] = fn
+        return fn
+
+    def _run_bucket(self, ar, st: DecodeState, length: int) -> None:
+        fn = self._step_fn(ar, st, length)
+        if self.mode != "graph":
+            fn()
+            return
+        graph = st.graphs.get(length)
+        if graph is None:
+            saved = st.snapshot()
+            try:
+                graph = self.runner.capture(fn, restore=lambda: st.restore(saved))
+            except Exception as exc:  # an op that cannot be captured here: keep going without graphs
+                st.restore(saved)
+                warnings.warn(f"decode-step graph capture failed ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); decoding without graphs", RuntimeWarning)
+                self.mode = "static"
+                fn()
+                return
+            st.graphs[length] = graph
+            self.captures += 1
+        graph.replay()
+
+    def _decode_static(self, ar, cond, text, u, settings, max_tokens, force, cache_dtype) -> DecodeResult:
+        cfg = ar.config
+        b = u.shape[0]
+        dev = cond.device
+        prompt = ar.prompt_length(text.shape[1])
+        # Slots needed: the prompt, then one per fed-back code (the last code is never fed back).
+        cache_len = -(-(prompt + max_tokens - 1) // self.bucket) * self.bucket
+        st = self._state_for(ar, b, cache_len, max_tokens, settings, force, cache_dtype, dev)
+        logits, _ = ar.prefill(cond, text, st.cache)
+        for view in st.views.values():
+            view.prompt_len = st.cache.prompt_len
+        st.seen.copy_(self._initial_seen(b, st.seen.shape[1], cfg.start_mel_token, dev))
+        st.done.zero_()
+        st.codes.fill_(cfg.stop_mel_token)
+        st.u.copy_(u[:, :max_tokens].to(dev, torch.float32))
+        st.position.zero_()
+        self._record(st, logits)  # code 0, from the prompt's logits
+        n = 1
+        self._tick(n, max_tokens)
+        while n < max_tokens and not self._should_stop(n, force, st.done):
+            live = prompt + n  # slots 0..prompt-1+n once code n-1 is written at slot prompt-1+n
+            self._run_bucket(ar, st, bucket_length(live, self.bucket, cache_len))
+            n += 1
+            self._tick(n, max_tokens)
+        # A copy: the buffer is overwritten by the next batch of this shape.
+        return DecodeResult(st.codes.clone(), n)
