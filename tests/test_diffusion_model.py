@@ -161,3 +161,8 @@ def test_layer_autocast_runs_and_stays_close():
         low = model(x, t, aligned_conditioning=latents, conditioning_latent=cond)
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     assert 0 < (low - ref).abs().max() / ref.abs().max() < 0.05
+    # a model cast whole to bf16 (weights too) also runs
+    model.layer_autocast_dtype = None
+    with torch.no_grad():
+        cast = model.to(torch.bfloat16)(x, t, aligned_conditioning=latents, conditioning_latent=cond)
+    assert cast.dtype == torch.bfloat16 and (cast.float() - ref).abs().max() / ref.abs().max() < 0.1

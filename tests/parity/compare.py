@@ -25,20 +25,30 @@ class Measurement:
     error: float                 # scaled max error (see tolerances.py)
     tol: float
     topk: float | None = None    # mean top-k overlap (logits only)
+    k: int | None = None         # the k of that overlap
     min_topk: float | None = None
     top1: float | None = None    # fraction of rows whose arg-max agrees (ties excused)
     note: str = ""
     unit: str = ""               # set for counts ("mismatches"); empty for scaled errors
     failures: list[str] = field(default_factory=list)
+    informational: bool = False  # shown in the table, never failed (the note says why)
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return self.informational or not self.failures
+
+    def as_information(self, why: str) -> "Measurement":
+        """Keep the numbers for the table but assert nothing (``why`` goes into the note)."""
+        self.informational = True
+        self.failures.clear()
+        self.note = f"{self.note}; {why}" if self.note else why
+        return self
 
     def to_dict(self) -> dict:
         return {"row": self.row, "column": self.column, "precision": self.precision, "error": self.error,
                 "tolerance": self.tol, "topk_overlap": self.topk, "min_topk": self.min_topk,
-                "top1_agreement": self.top1, "note": self.note, "unit": self.unit, "ok": self.ok, "failures": list(self.failures)}
+                "top1_agreement": self.top1, "note": self.note, "unit": self.unit,
+                "informational": self.informational, "ok": self.ok, "failures": list(self.failures)}
 
 
 def scaled_max_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -91,6 +101,7 @@ def measure(row: str, column: str, precision: str, out: torch.Tensor, ref: torch
     elif m.error > tol.rel:
         m.failures.append(f"scaled max error {m.error:.2e} > {tol.rel:.0e}")
     if logits and out.shape == ref.shape:
+        m.k = min(tol.topk, out.shape[-1])
         m.topk, m.min_topk = topk_overlap(out, ref, tol.topk), tol.min_topk
         m.top1 = top1_agreement(out, ref, tie_window(ref, tol))
         if m.top1 < 1.0:

@@ -128,12 +128,14 @@ class ParityResults:
         else:
             text = f"{m.error:.1e} {'≤' if m.error <= m.tol else '>'} {m.tol:.0e}"
         if m.topk is not None:
-            text += f", top5 {m.topk:.0%}"
+            text += f", top{m.k} {m.topk:.0%}"
         mode = m.column.partition(" ")[2]
         if mode == "policy" or (mode and m.precision != mode):
             text = f"{_SHORT.get(m.precision, m.precision)}: {text}"
         if m.note:
             text += f" ({m.note})"
+        if m.informational:
+            return f"info {text}"
         return text if m.ok else f"FAIL {text}"
 
     def markdown(self) -> str:

@@ -69,13 +69,16 @@ class TextToSpeech:
         low_vram / high_vram: move each model to the device only for its stage / keep all resident.
         enable_redaction: allow ``[bracketed]`` prompt text to be cut from the audio (needs the
             ``redaction`` extra); off means brackets are spoken as written.
+        auto_download: fetch model files missing from ``models_dir`` from the asset registry's
+            sources on first use (as the original does); off, a missing file is an error that
+            names the download command.
         progress: ``progress(stage, done, total)`` called during long stages.
     """
 
     def __init__(self, models_dir: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
                  *, batch_size: int | None = None, low_vram: bool = False, high_vram: bool = False,
                  graph_capture: bool | None = None, enable_redaction: bool = True, tokenizer_basic: bool = False,
-                 progress: Progress | None = None):
+                 auto_download: bool = True, progress: Progress | None = None):
         from tortoise_xpu import assets
         from tortoise_xpu.backends import resolve
         from tortoise_xpu.backends.policy import Overrides
@@ -86,6 +89,7 @@ class TextToSpeech:
         self.overrides = Overrides(dtype=dtype, batch_size=batch_size, low_vram=low_vram, high_vram=high_vram,
                                    graph_capture=graph_capture)
         self.enable_redaction = enable_redaction
+        self.auto_download = auto_download
         self.progress = progress
         self._tokenizer_basic = tokenizer_basic
         self._tokenizer = None
@@ -112,18 +116,33 @@ class TextToSpeech:
             from tortoise_xpu import assets
             from tortoise_xpu.text.tokenizer import VoiceBpeTokenizer
 
-            self._tokenizer = VoiceBpeTokenizer(assets.require("tokenizer.json", self.models_dir),
+            self._tokenizer = VoiceBpeTokenizer(self._asset_path("tokenizer.json"),
                                                 use_basic_cleaners=self._tokenizer_basic)
         return self._tokenizer
 
     @property
     def mel_norms(self) -> torch.Tensor:
         if self._mel_norms is None:
-            from tortoise_xpu import assets
             from tortoise_xpu.audio.mel import load_mel_norms
 
-            self._mel_norms = load_mel_norms(assets.require("mel_norms.pth", self.models_dir))
+            self._mel_norms = load_mel_norms(self._asset_path("mel_norms.pth"))
         return self._mel_norms
+
+    def _asset_path(self, name: str) -> Path:
+        """Where asset ``name`` is in the models folder, downloading it first when allowed and missing."""
+        from tortoise_xpu import assets
+        from tortoise_xpu.errors import ModelFileError, TortoiseError
+
+        path = assets.find(name, self.models_dir)
+        if path is not None or not self.auto_download:
+            return path if path is not None else assets.require(name, self.models_dir)
+        try:
+            return assets.download(name, self.models_dir, progress=self.progress is not None, retries=1)
+        except TortoiseError as exc:
+            raise ModelFileError(
+                f"{assets.asset(name).name} is not in {self.models_dir} and could not be downloaded ({exc}). "
+                f"Offline? Run `tortoise-xpu models download --models-dir DIR` on a machine with internet and "
+                f"copy DIR here, or pass --models-dir pointing at a folder that has the files") from None
 
     def _stage_dtype(self, name: str) -> torch.dtype:
         stage = {"autoregressive": "ar", "clvp": "clvp", "cvvp": "clvp", "diffusion": "diffusion",
@@ -137,7 +156,10 @@ class TextToSpeech:
         if name not in self._models:
             from tortoise_xpu.models.loading import load_model
 
-            m = load_model(name, self.models_dir, dtype=self._stage_dtype(name))
+            from tortoise_xpu.models import registry
+
+            path = self._asset_path(registry.spec(name).file)
+            m = load_model(name, self.models_dir, dtype=self._stage_dtype(name), path=path)
             if self.policy(self._candidates).resident:
                 m = self.backend.to_device(m)
             self._models[name] = m
