@@ -45,3 +45,4 @@ def simulate(monkeypatch):
 pytest_plugins = ["tests.fixtures_tiny"]
 # The hardware-parity suite's options (--device, --full-size, --parity-report) and summary table.
 pytest_plugins = [*globals().get("pytest_plugins", []), "tests.parity.plugin"]
+pytest_plugins = [*globals().get("pytest_plugins", []), "tests.fixtures_assets"]

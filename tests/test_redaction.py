@@ -223,11 +223,18 @@ def test_pipeline_redacts_with_the_aligner(tiny_models_dir, monkeypatch):
     bare = parse_redaction(text).bare.lower()
     monkeypatch.setattr(redaction, "load_aligner", lambda backend=None: FakeAligner(
         frames_for=lambda w: one_hot_logits(spelled(bare, max(w.shape[-1] // 320, len(bare))))))
-    fast = dict(num_autoregressive_samples=2, diffusion_iterations=2, max_mel_tokens=12, seed=3)
-    on = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
-    off = TextToSpeech(models_dir=tiny_models_dir, device="cpu", enable_redaction=False)
-    cut = on.tts(text, **fast)
-    full = off.tts(text, **fast)
-    assert "redaction" in on.last_report.stages and "redaction" not in off.last_report.stages
+    seen = []
+    real_redact = redaction.redact
+
+    def spy(wav, parsed, backend=None, **kw):
+        seen.append((wav, parsed))
+        return real_redact(wav, parsed, backend, **kw)
+
+    monkeypatch.setattr(redaction, "redact", spy)
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+    cut = tts.tts(text, num_autoregressive_samples=1, diffusion_iterations=2, max_mel_tokens=12, cond_free=False,
+                  seed=3)
+    (full, parsed), = seen
+    assert parsed.bare == "I am sad please feed me" and "redaction" in tts.last_report.stages
     assert 0 < cut.shape[-1] < full.shape[-1]
     assert torch.equal(cut, full[:, full.shape[-1] - cut.shape[-1]:])  # the prompt at the start is gone

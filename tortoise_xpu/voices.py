@@ -106,7 +106,14 @@ def save_latents(path: str | os.PathLike, ar: torch.Tensor, diffusion: torch.Ten
     from tortoise_xpu.fileio import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save((ar.detach().float().cpu().reshape(1, -1), diffusion.detach().float().cpu().reshape(1, -1)), tmp)
+        try:
+            torch.save((ar.detach().float().cpu().reshape(1, -1), diffusion.detach().float().cpu().reshape(1, -1)),
+                       tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a full disk as "unexpected pos ..."
+            from tortoise_xpu.errors import TortoiseError
+
+            raise TortoiseError(f"cannot write {path}: {' '.join(str(exc).split())[:160]} (is the disk full?)") \
+                from exc
 
 
 def _from_folder(name: str, folder: Path) -> Voice:
@@ -151,6 +158,12 @@ def _resolve_one(spec: str, dirs: Sequence[Path]) -> Voice:
         if suffix in LATENT_SUFFIXES:
             return Voice(path.stem, latents=[load_latents(path)])
         return Voice(path.stem, clips=[path])
+    if path.suffix.lower() in AUDIO_SUFFIXES + LATENT_SUFFIXES or os.sep in spec or "/" in spec:
+        # Meant as a file or folder, not a voice name: say that it is missing.
+        from tortoise_xpu.errors import AudioError
+
+        kind = AudioError if path.suffix.lower() in AUDIO_SUFFIXES else UserError
+        raise kind(f"{spec}: no such file or voice folder")
     known = list_voices(dirs)
     if spec in known:
         return _from_folder(spec, known[spec])
@@ -159,3 +172,39 @@ def _resolve_one(spec: str, dirs: Sequence[Path]) -> Voice:
             f"known voices: {', '.join(sorted(known)[:20]) or 'none'}")
     where = ", ".join(str(d) for d in dirs)
     raise UserError(f"unknown voice {spec!r} ({hint}; searched {where}; 'random' needs no files)")
+
+
+#: Voice clips are read up to this long: the AR encoder takes a random 6 s crop and the diffusion
+#: encoder the first 4.3 s, so a 10-minute recording adds nothing but read time and memory.
+CLIP_MAX_SECONDS = 30.0
+
+
+def load_voice_clips(paths: Sequence[str | os.PathLike], sampling_rate: int = 22050,
+                     max_seconds: float | None = CLIP_MAX_SECONDS) -> list[torch.Tensor]:
+    """Read a voice's clips as (1, T) tensors, skipping unusable ones with a warning.
+
+    Each clip goes through :func:`tortoise_xpu.audio.io.load_audio` (mono, resampled, at most
+    ``max_seconds`` from its start).  A clip it refuses (unreadable, silent, NaN, too short) is
+    skipped with an ``AudioWarning`` naming the reason when other clips are usable.
+
+    Raises:
+        AudioError: no clip is usable; the message lists every clip with its reason.
+    """
+    import warnings
+
+    from tortoise_xpu.audio.io import AudioWarning, load_audio
+    from tortoise_xpu.errors import AudioError
+
+    clips, refused = [], []
+    for p in paths:
+        try:
+            clips.append(load_audio(p, sampling_rate, max_seconds=max_seconds))
+        except AudioError as exc:
+            refused.append(str(exc))
+    if not clips:
+        if len(refused) == 1:
+            raise AudioError(refused[0])
+        raise AudioError(f"none of the {len(refused)} voice clips is usable: " + "; ".join(refused))
+    for reason in refused:
+        warnings.warn(f"skipping {reason}", AudioWarning, stacklevel=2)
+    return clips

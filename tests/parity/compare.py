@@ -20,7 +20,7 @@ class Measurement:
     """One output of one stage on one backend/precision, against the reference."""
 
     row: str                     # "autoregressive/decode[int]"
-    column: str                  # "cpu bfloat16", "cuda:0 policy"
+    column: str                  # "<device> <float32|float16|bfloat16|policy>"
     precision: str               # key of TOLERANCES actually used
     error: float                 # scaled max error (see tolerances.py)
     tol: float

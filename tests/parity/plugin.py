@@ -3,7 +3,9 @@
 Loaded for the whole test run (``tests/conftest.py`` lists it in ``pytest_plugins``) because
 pytest only reads options from plugins and top-level conftest files.
 
-Options::
+Options (write them with ``=``, e.g. ``--parity-report=out.md``: pytest reads the command line
+for its root folder before this plugin is loaded, and would take an existing FILE or DIR given as a
+separate argument for a test path)::
 
     --device DEVICE       backend(s) to check against CPU float32, e.g. ``cuda``, ``xpu:1``,
                           ``cpu``; repeat or comma-separate; default: every available backend
@@ -39,10 +41,12 @@ _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "tf32": "tf3
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from tortoise_xpu.backends import VALID_DEVICES
+
     group = parser.getgroup("parity", "hardware parity (tests/parity, marker 'parity')")
     group.addoption("--device", action="append", default=None, metavar="DEVICE",
-                    help="backend to check against CPU float32 (cpu, cuda, cuda:1, rocm, xpu, xpu:0, mps, "
-                         "directml, dml:0); repeat or comma-separate for several. Default: every available one.")
+                    help=f"backend to check against CPU float32 ({VALID_DEVICES.replace('auto, ', '')}); repeat "
+                         "or comma-separate for several. Default: every available one.")
     group.addoption("--full-size", default=None, metavar="DIR",
                     help="also run the parity checks on the full-size checkpoints in DIR (official file "
                          "format, e.g. from `tortoise-xpu models random-weights --out DIR`)")
@@ -156,7 +160,7 @@ class ParityResults:
                  f"date {time.strftime('%Y-%m-%d %H:%M %Z')}, torch {torch.__version__}, python "
                  f"{platform.python_version()}, {platform.system()} {platform.machine()}",
                  "command: " + " ".join(["pytest", *sys.argv[1:]]),
-                 "devices: " + ", ".join(self.device_lines())]
+                 "devices: " + (", ".join(self.device_lines()) or "none available")]
         lines += [f"not available: {name} ({why})" for name, why in self.unavailable.items()]
         return lines
 
@@ -199,14 +203,15 @@ class ParityResults:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(RESULTS_KEY, None)
-    if results is None or not results.measurements:
+    if results is None or not (results.measurements or results.unavailable):
         return
     tr = terminalreporter
     tr.write_sep("=", "hardware parity vs CPU float32")
     for line in results.header():
         tr.write_line(line)
-    tr.write_line("")
-    tr.write_line(results.markdown())
+    if results.measurements:
+        tr.write_line("")
+        tr.write_line(results.markdown())
     path = config.getoption("--parity-report")
     if path:
         results.write(Path(path))

@@ -11,8 +11,9 @@ Two levels:
     precision up to the first step where the reference's own top two lie within the precision's
     tie window, after which the branches may legitimately part);
   - CLVP picks the same candidate (unless the reference's scores tie at that precision);
-  - given the reference's codes and the same noise, the AR latents, the diffusion mel and the
-    waveform are within the precision's tolerance.
+  - given the reference's codes and the same noise, the AR latents are within the precision's
+    tolerance, and so are the diffusion mel and the waveform wherever diffusion runs in float32
+    (at lower precisions they are shown, not asserted: see ``CHAOTIC``).
 
 * ``TextToSpeech`` itself (tiny random weights written by ``write_random_weights``), float32 on
   each backend against the CPU: the same seed gives the same waveform.  It skips, saying why,
@@ -47,10 +48,10 @@ STAGES = {"ar": "ar", "rlg_auto": None, "rlg_diffuser": None, "clvp": "clvp", "d
 # Why the mel and waveform are asserted only when diffusion runs in float32: with random weights
 # the predicted x0 = (x_t - sqrt(1 - a_T) eps) / sqrt(a_T) multiplies an error in eps by 153 at the
 # first of 4 steps (1 / sqrt(a_T) of the 4000-step schedule), and a random net does not contract it
-# again as a trained denoiser does: float16 rounding ends as 8 % of the mel's range, bfloat16 as 60 %.
+# again as a trained denoiser does: float16 rounding ends as 9 % of the mel's range, bfloat16 as 55 %.
 # float32's 1e-7 stays far inside 1e-4.  The diffusion model's own outputs are asserted at every
 # precision in test_models_parity.py.
-CHAOTIC = "info: random-weight diffusion sampling amplifies rounding x150"
+CHAOTIC = "not asserted: random-weight diffusion amplifies rounding, see docs/parity.md"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ loadable with ``weights_only=True``):
   unicode, punctuation) with the original ``english_cleaners`` / ``basic_cleaners`` output
   (or the exception it raised), the original tokenizer ids of both and their decode.
 * split.pt: ``split_and_recombine_text`` on texts written here, on the original's own
-  unit-test texts, on 400 random strings (small desired/max) and, for the package's
+  unit-test texts, on 400 random strings (small desired/max), on 6 strings where the
+  original returns a chunk longer than ``max_length`` (a deviation of ours) and, for the package's
   text files (riding_hood.txt, got.txt, seal_copypasta.txt: not ours to commit), only the
   sha256 and lengths of the chunks; the tests read those texts from the sdist.
 * dsp.pt: ``torchaudio.functional.resample`` and the original ``TorchMelSpectrogram`` /
@@ -226,6 +227,17 @@ def split_goldens() -> dict:
         d = rng.randint(1, 12)
         m = d + rng.randint(0, 12)
         fuzz.append({"text": t, "desired": d, "max": m, "chunks": split_and_recombine_text(t, d, m)})
+    # Inputs where the original breaks its own max_length (a closing quote at the very end of the text
+    # is taken two characters at a time): found by a deterministic search; our splitter differs here.
+    over_max = []
+    search = random.Random(11)
+    while len(over_max) < 6:
+        t = "".join(search.choice(alphabet) for _ in range(search.randint(0, 40)))
+        d = search.randint(1, 12)
+        m = d + search.randint(0, 12)
+        chunks = split_and_recombine_text(t, d, m)
+        if any(len(c) > m for c in chunks):
+            over_max.append({"text": t, "desired": d, "max": m, "chunks": chunks})
     package = []
     for name in ("riding_hood.txt", "got.txt", "seal_copypasta.txt"):
         with open(os.path.join(PKG, "data", name), encoding="utf-8") as f:
@@ -234,7 +246,7 @@ def split_goldens() -> dict:
             chunks = split_and_recombine_text(text, d, m)
             package.append({"file": name, "desired": d, "max": m, "count": len(chunks),
                             "lengths": [len(c) for c in chunks], "sha256": chunks_digest(chunks)})
-    return {"own": own, "fuzz": fuzz, "package": package}
+    return {"own": own, "fuzz": fuzz, "over_max": over_max, "package": package}
 
 
 def chunks_digest(chunks: list[str]) -> str:

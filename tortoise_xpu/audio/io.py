@@ -76,10 +76,14 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
             rate = int(f.samplerate)
             frames = -1 if max_seconds is None else max(1, math.ceil(max_seconds * rate))
             data = f.read(frames=frames, dtype="float32", always_2d=True)
+            total = int(f.frames)
     except Exception as exc:
         raise AudioError(f"{path}: not a readable audio file ({_why(exc)})") from None
     samples = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     _inspect(samples, rate, path, check)
+    if check and 0 <= frames < total:  # a long recording: only its start was read
+        warnings.warn(f"{path}: only the first {max_seconds:g} s of {total / rate:.0f} s are used",
+                      AudioWarning, stacklevel=2)
     if rate != sampling_rate:
         samples = resample(samples, rate, sampling_rate)
     return samples.clamp_(-1.0, 1.0).unsqueeze(0)
@@ -87,8 +91,12 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
 
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
     return path
 
 
@@ -168,5 +176,23 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower(), "WAV")
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), data, int(sr), subtype=subtype.upper(), format=fmt)
+        try:
+            sf.write(str(tmp), data, int(sr), subtype=subtype.upper(), format=fmt)
+        except OSError:
+            raise  # atomic_path turns it into a one-line error
+        except Exception as exc:  # soundfile.LibsndfileError: its message is often empty on a full disk
+            raise TortoiseError(f"cannot write {path}: {_write_failure(exc, tmp.parent, data.nbytes)}") from exc
     return path
+
+
+def _write_failure(exc: Exception, folder: Path, nbytes: int) -> str:
+    """Why libsndfile could not write: its message, or 'no space left' when the disk is (nearly) full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < nbytes + (1 << 20):
+        return f"no space left on device ({free:,} bytes free); free some space or write somewhere else"
+    return _why(exc) if str(exc).strip() else f"libsndfile error ({type(exc).__name__})"

@@ -3,9 +3,10 @@
 The numbers are those of ``torchaudio.functional.resample`` with its defaults
 (``sinc_interp_hann``, ``lowpass_filter_width=6``, ``rolloff=0.99``): the
 diffusion conditioning of the checkpoints was computed with it (22.05 -> 24 kHz),
-so the same kernel gives the same latents.  Equal to torchaudio within 1e-5 on
-speech-like signals (tests/test_audio_resample.py); the filter taps are computed in
-float64 on the CPU (torchaudio uses the signal's dtype), then cast.
+so the same kernel gives the same latents.  The filter taps are computed in float32
+on the CPU in torchaudio's order of operations, which makes the output equal to
+torchaudio's on the CPU (tests/test_audio_resample.py), down to the round-off that
+fills the empty band above the old Nyquist frequency.
 
 How it works: with ``g = gcd(orig, new)``, ``orig/g`` input samples map to
 ``new/g`` output samples.  Each of the ``new/g`` output phases has its own
@@ -26,23 +27,26 @@ from tortoise_xpu.backends.audit import cpu_route
 __all__ = ["resample", "sinc_resample_kernel"]
 
 # For the portability audit (backends/audit.py): the kernel is deliberate host work.
-_HOST_KERNEL = "resampling kernel: built in float64 on the host, cast to float32 there"
+_HOST_KERNEL = "resampling kernel: built in float32 on the host (torchaudio's arithmetic), then moved"
 
 
 @lru_cache(maxsize=32)
 @cpu_route(_HOST_KERNEL)
-def _kernel_f64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
+def _kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
+    # float32 with torchaudio's order of operations: the rounding of the taps is visible downstream.
+    # After 22.05 -> 24 kHz the band above 10.9 kHz holds only round-off, and the UnivNet mel's log
+    # of it moved by 1e-2 when these taps were computed in float64 instead.
+    f32 = torch.float32
     cutoff = min(orig, new) * rolloff  # in units of the reduced rates: below both Nyquists
     half_span = math.ceil(lowpass_filter_width * orig / cutoff)  # input samples each side
-    # Input sample offsets (in input periods) seen by each output phase.
-    taps = torch.arange(-half_span, half_span + orig, dtype=torch.float64) / orig
-    phases = -torch.arange(new, dtype=torch.float64)[:, None] / new
-    x = ((phases + taps) * cutoff).clamp(-lowpass_filter_width, lowpass_filter_width)
-    hann = torch.cos(x * (math.pi / (2 * lowpass_filter_width))) ** 2
+    # Time of each input tap relative to each output phase, in input periods, scaled to the cutoff.
+    taps = torch.arange(-half_span, half_span + orig, dtype=f32)[None, None] / orig
+    phases = torch.arange(0, -new, -1, dtype=f32)[:, None, None] / new
+    x = ((phases + taps) * cutoff).clamp_(-lowpass_filter_width, lowpass_filter_width)
+    hann = torch.cos(x * math.pi / lowpass_filter_width / 2) ** 2
     x = x * math.pi
-    sinc = torch.where(x == 0, torch.ones_like(x), torch.sin(x) / torch.where(x == 0, torch.ones_like(x), x))
-    kernel = sinc * hann * (cutoff / orig)
-    return kernel[:, None, :], half_span
+    sinc = torch.where(x == 0, torch.tensor(1.0, dtype=f32), torch.sin(x) / x)
+    return sinc * (hann * (cutoff / orig)), half_span
 
 
 def sinc_resample_kernel(orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99,
@@ -50,12 +54,12 @@ def sinc_resample_kernel(orig_freq: int, new_freq: int, lowpass_filter_width: in
                          ) -> tuple[torch.Tensor, int]:
     """The polyphase kernel ``(new/g, 1, 2*width + orig/g)`` and ``width`` for a rate pair.
 
-    ``g`` is ``gcd(orig_freq, new_freq)``.  Built once per rate pair in float64 on
-    the CPU (some devices have no float64), then cast and moved.
+    ``g`` is ``gcd(orig_freq, new_freq)``.  Built once per rate pair in float32 on the
+    CPU (the same numbers on every device), then cast and moved.
     """
     g = math.gcd(int(orig_freq), int(new_freq))
-    kernel, width = _kernel_f64(int(orig_freq) // g, int(new_freq) // g, int(lowpass_filter_width), float(rolloff))
-    with cpu_route(_HOST_KERNEL):  # cast on the host: a float64 tensor never reaches the device
+    kernel, width = _kernel(int(orig_freq) // g, int(new_freq) // g, int(lowpass_filter_width), float(rolloff))
+    with cpu_route(_HOST_KERNEL):  # cast on the host
         kernel = kernel.to(dtype)
     return kernel.to(device), width
 

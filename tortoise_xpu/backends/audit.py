@@ -532,3 +532,6 @@ class SimulatedBackend(Backend):
     def rules(self) -> AuditRules:
         return rules_for(self.target)
 
+    def empty_cache(self) -> None:
+        """Nothing to return to a driver (and no garbage collection: it would only slow the audit)."""
+

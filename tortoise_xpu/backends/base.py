@@ -260,6 +260,10 @@ class Backend:
             return contextlib.nullcontext()
         return _autocast_or_null(self.device_type, dtype)
 
+    def supports_autocast(self, dtype: torch.dtype) -> bool:
+        """Whether ``autocast(dtype)`` really switches ops to ``dtype`` here (not a no-op context)."""
+        return not isinstance(self.autocast(dtype), contextlib.nullcontext)
+
     # ------------------------------------------------------------------ execution
     def synchronize(self) -> None:
         """Wait until all queued work on the device has finished (for timing)."""

@@ -147,7 +147,8 @@ class XPUBackend(DeviceModuleBackend):
     def quirks(self) -> Quirks:
         # Before torch 2.8 the XPU build had no STFT/FFT kernels: those ops fell back to the CPU.
         cpu_ops = frozenset() if _torch_at_least("2.8") else _FFT_OPS
-        return Quirks(cpu_ops=cpu_ops, non_blocking_copies=False,
+        # Without FFT kernels the real-valued STFT keeps the mels on the device (found by the audit).
+        return Quirks(cpu_ops=cpu_ops, needs_real_stft=bool(cpu_ops), non_blocking_copies=False,
                       notes=("non_blocking host copies are slower on Intel iGPUs",))
 
     def optimize(self, module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

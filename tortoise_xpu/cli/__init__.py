@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from tortoise_xpu import __version__
@@ -23,7 +24,7 @@ COMMANDS = ("speak", "read", "text", "voices", "latents", "detect", "devices", "
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand whose module exists."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tortoise-xpu",
         description="Tortoise text-to-speech with voice cloning on CUDA, ROCm, Intel XPU, Apple MPS, DirectML and CPU.",
     )
@@ -50,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = args.debug or bool(os.environ.get("TORTOISE_XPU_DEBUG"))
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except TortoiseError as exc:
         if debug:
             raise
@@ -71,3 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(msg: str) -> str:
     return " ".join(msg.split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block would bury it); subcommand parsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # One line per warning (e.g. a clipped voice clip), without the source line Python would print.
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)

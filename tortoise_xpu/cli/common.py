@@ -72,7 +72,8 @@ def read_text_input(text: str | None, file: str | None) -> str:
     """The text to speak from the positional argument, ``-f FILE`` or standard input.
 
     Files may be UTF-8 (with or without BOM) or UTF-16 with a BOM; anything else is read as
-    Latin-1, which never fails, so a legacy-encoded file still gives its words.
+    Latin-1, which never fails, so a legacy-encoded file still gives its words.  Control
+    characters become spaces (see :func:`sanitize_text`); mostly-binary input is refused.
     """
     import sys
 
@@ -82,7 +83,7 @@ def read_text_input(text: str | None, file: str | None) -> str:
         raise UserError("give the text either as an argument or with -f FILE, not both")
     if file is not None:
         if file == "-":
-            return sys.stdin.read()
+            return sanitize_text(_stdin_text(), "standard input")
         try:
             raw = open(file, "rb").read()
         except FileNotFoundError:
@@ -91,16 +92,51 @@ def read_text_input(text: str | None, file: str | None) -> str:
             raise UserError(f"{file} is a folder, not a text file") from None
         except OSError as exc:
             raise UserError(f"cannot read {file}: {exc.strerror}") from None
-        return decode_text(raw)
+        return sanitize_text(decode_text(raw), file)
     if text is not None:
-        return text
+        return sanitize_text(text, "the text")
     if sys.stdin is None or sys.stdin.isatty():
         raise UserError("no text given: pass it as an argument, with -f FILE, or on standard input")
-    return sys.stdin.read()
+    return sanitize_text(_stdin_text(), "standard input")
+
+
+def _stdin_text() -> str:
+    """Standard input as text, decoded like a file (so a non-UTF-8 pipe cannot raise)."""
+    import sys
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    return decode_text(buffer.read()) if buffer is not None else sys.stdin.read()
+
+
+def sanitize_text(text: str, source: str = "the text") -> str:
+    """Replace control characters (other than whitespace) and lone surrogates by spaces.
+
+    They have no spoken form and the tokenizer would read each as ``[UNK]``.  Input where more
+    than a tenth of the characters are such is refused: it is a binary file, not text.
+    """
+    import unicodedata
+
+    from tortoise_xpu.errors import UserError
+
+    bad = [i for i, ch in enumerate(text)
+           if not ch.isspace() and unicodedata.category(ch) in ("Cc", "Cs")]
+    if not bad:
+        return text
+    chars = list(text)
+    for i in bad:
+        chars[i] = " "
+    clean = "".join(chars)
+    if not clean.strip():
+        raise UserError(f"{source} holds only control characters: nothing to say")
+    if len(text) >= 64 and len(bad) > 0.1 * len(text):
+        raise UserError(f"{source} does not look like text: {len(bad)} of {len(text)} characters are control "
+                        f"characters (a binary file?)")
+    return clean
 
 
 def decode_text(raw: bytes) -> str:
-    """Decode a text file's bytes: BOM-marked UTF-8/UTF-16/UTF-32, else UTF-8, else Latin-1."""
+    """Decode a text file's bytes: BOM-marked UTF-8/UTF-16/UTF-32, BOM-less UTF-16, else UTF-8,
+    else Windows-1252, else Latin-1 (which never fails)."""
     import codecs
 
     for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
@@ -108,7 +144,30 @@ def decode_text(raw: bytes) -> str:
                      (codecs.BOM_UTF16_BE, "utf-16")):
         if raw.startswith(bom):
             return raw.decode(enc, errors="replace")
+    bomless = _bomless_utf16(raw)
+    if bomless:
+        return raw.decode(bomless, errors="replace")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
+        pass
+    try:  # Windows-1252: Latin-1 plus the curly quotes and dashes of legacy Windows files
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _bomless_utf16(raw: bytes) -> str | None:
+    """``"utf-16-le"``/``"utf-16-be"`` for UTF-16 text saved without a BOM (mostly-ASCII text then
+    has a zero byte in every other position), else None."""
+    if len(raw) < 4 or len(raw) % 2:
+        return None
+    sample = raw[:4096]
+    pairs = len(sample) // 2
+    even_zeros = sample[0::2].count(0)
+    odd_zeros = sample[1::2].count(0)
+    if odd_zeros >= 0.4 * pairs and even_zeros <= 0.05 * pairs:
+        return "utf-16-le"
+    if even_zeros >= 0.4 * pairs and odd_zeros <= 0.05 * pairs:
+        return "utf-16-be"
+    return None

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.models.loading import load_model
 
     backend = resolve(args.device)
-    clips = [load_audio(p, 24000) for p in args.clips]  # bad files fail before the model loads
+    # bad files fail before the model loads; only the seconds the classifier reads are read
+    clips = [load_audio(p, 24000, max_seconds=MAX_SECONDS) for p in args.clips]
     model = backend.to_device(load_model("classifier", args.models_dir))
     rows = [{"clip": path, "tortoise_probability": round(model.classify(clip, max_samples=24000 * MAX_SECONDS), 4)}
             for path, clip in zip(args.clips, clips)]

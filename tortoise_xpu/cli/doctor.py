@@ -238,6 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: per backend violations, cpu_routes, op_counts")
     p.add_argument("--models-dir", default=None,
                    help="model folder to audit with (default: tiny random models generated in a temporary folder)")
+    p.add_argument("--quick", action="store_true", help="one run per backend (voice clip, p sampler) instead of "
+                   f"{len(DEFAULT_RUNS)}")
     p.add_argument("--no-device-checks", action="store_true", help="skip the checks on devices present here")
     p.set_defaults(func=run)
 
@@ -271,15 +273,16 @@ def collect(targets: tuple[str, ...], models_dir: str | None = None, device_chec
 
 def run(args: argparse.Namespace) -> int:
     targets = AUDITED if args.backend == "all" else (args.backend,)
+    runs = DEFAULT_RUNS[:1] if args.quick else DEFAULT_RUNS
     if args.json:
-        result = collect(targets, args.models_dir, not args.no_device_checks)
+        result = collect(targets, args.models_dir, not args.no_device_checks, runs)
         print(json.dumps(result, indent=2))
         return 0 if result["ok"] else 1
     from rich.console import Console
 
     console = Console()
     with console.status("auditing (tiny pipeline runs on the CPU) ..."):
-        result = collect(targets, args.models_dir, not args.no_device_checks)
+        result = collect(targets, args.models_dir, not args.no_device_checks, runs)
     print_report(result, console)
     return 0 if result["ok"] else 1
 

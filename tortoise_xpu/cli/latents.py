@@ -25,10 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tortoise_xpu.audio.io import load_audio
     from tortoise_xpu.cli.synth import build_tts
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.voices import resolve_voice, save_latents, voice_search_path
+    from tortoise_xpu.voices import load_voice_clips, resolve_voice, save_latents, voice_search_path
 
     dirs = voice_search_path(args.voices_dir)
     clips, latents = [], []
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         latents += v.latents
     tts = build_tts(args)
     if clips:
-        wavs = [load_audio(p, 22050) for p in clips]
+        wavs = load_voice_clips(clips, 22050)
         latents.append(tts.get_conditioning_latents(wavs, generator=torch.Generator().manual_seed(args.seed)))
     ar = torch.stack([a for a, _ in latents]).mean(0)
     diff = torch.stack([d for _, d in latents]).mean(0)

@@ -71,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} exists and is not a folder")
     settings = preset_settings(args.preset, **tuning_overrides(args))
-    seed = resolve_seed(args.seed)
+    seed = args.seed
+    if seed is None and out.is_dir():
+        from tortoise_xpu.pipeline.longform import load_manifest
+
+        # Re-running the same command resumes: keep the seed the folder was started with.
+        seed = (load_manifest(out) or {}).get("seed")
+    seed = resolve_seed(seed)
     progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     tts = build_tts(args, progress)
     subtype = "FLOAT" if args.float32 else "PCM_16"
@@ -91,9 +97,15 @@ def run(args: argparse.Namespace) -> int:
             if status != "start":
                 progress.advance(chunk_task, i + 1)
 
-        result = read_chunks(chunks, out, synthesize, lambda p, w: save_wav(p, w, 24000, subtype=subtype),
-                             lambda p: load_audio(p, 24000, check=False), run_settings, seed, regenerate,
-                             on_chunk)
+        try:
+            result = read_chunks(chunks, out, synthesize, lambda p, w: save_wav(p, w, 24000, subtype=subtype),
+                                 lambda p: load_audio(p, 24000, check=False), run_settings, seed, regenerate,
+                                 on_chunk)
+        except KeyboardInterrupt:
+            # Finished chunks and the manifest are on disk whole; nothing partial is left.
+            print(f"interrupted: finished chunks are kept in {out}; run the same command again to resume",
+                  file=sys.stderr)
+            return 130
     summary = {"folder": str(out), "chunks": len(chunks), "synthesised": [i + 1 for i in result.synthesised],
                "skipped": [i + 1 for i in result.skipped], "combined": str(result.combined), "seed": seed}
     if args.json:

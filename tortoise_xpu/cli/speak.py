@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
                                      read_text_input, tuning_overrides)
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a JSON summary (seed, timings, files)")
+    p.add_argument("--stream", action="store_true",
+                   help="use the streaming path (one AR candidate, HiFi-GAN decoder from hifidecoder.pth; no "
+                        "CLVP ranking, no diffusion) and report the time to first audio; writes the same WAV")
     add_voice_args(p)
     add_generation_args(p)
     add_device_args(p)
@@ -60,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--candidates must be at least 1")
     if args.force_tokens is not None and not 1 <= args.force_tokens <= 600:
         raise UserError("--force-tokens must be in 1..600")
+    from tortoise_xpu.fileio import check_writable
+
+    for path in output_paths(args.output, args.candidates):
+        check_writable(path)  # a bad -o fails now, not after minutes of synthesis
+    if args.stream and args.candidates != 1:
+        raise UserError("--stream makes one candidate; drop --candidates")
     seed = resolve_seed(args.seed)
     chunks = [text] if len(text) <= 300 else split_and_recombine_text(text)
     if not chunks:
@@ -70,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.audio.io import save_wav
 
+    if args.stream:
+        return run_stream(args, tts, chunks, settings, seed, progress)
     with progress.running():
         voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
         per_candidate: list[list[torch.Tensor]] = [[] for _ in range(args.candidates)]
@@ -93,4 +105,45 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"wrote {', '.join(paths)} ({seconds:.2f} s of audio, seed {seed}, "
               f"{sum(timings.values()):.1f} s on {tts.device})", file=sys.stderr)
+    return 0
+
+
+def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict, seed: int, progress) -> int:
+    """``speak --stream``: the text through ``tts_stream``, chunk by chunk, into one WAV."""
+    import torch
+
+    from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.cli.synth import voice_inputs
+    from tortoise_xpu.pipeline.stream import StreamStats
+
+    with progress.running():
+        voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
+        for name in ("autoregressive", "hifidecoder"):
+            tts.model(name)  # load before the clock starts: time to first audio is synthesis time
+        parts: list[torch.Tensor] = []
+        timings: dict[str, float] = {}
+        first_audio = None
+        start = time.perf_counter()
+        for chunk in chunks:
+            stats = StreamStats()
+            for audio in tts.tts_stream(chunk, seed=seed, force_tokens=args.force_tokens, stats=stats,
+                                        **voice, **settings):
+                if first_audio is None:
+                    first_audio = time.perf_counter() - start
+                parts.append(audio)
+            for stage, sec in tts.last_report.stages.items():
+                timings[stage] = timings.get(stage, 0.0) + sec
+    wav = torch.cat(parts) if parts else torch.zeros(0)
+    save_wav(args.output, wav.reshape(1, -1), 24000, subtype="FLOAT" if args.float32 else "PCM_16")
+    seconds = wav.numel() / 24000
+    summary = {"outputs": [args.output], "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
+               "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,
+               "stream_chunks": len(parts), "policy": tts.last_report.policy,
+               "stages": {k: round(v, 4) for k, v in timings.items()}, "chunks": len(chunks)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"first audio after {first_audio or 0.0:.2f} s; wrote {args.output} ({seconds:.2f} s of audio in "
+              f"{len(parts)} stream chunks, seed {seed}, {sum(timings.values()):.1f} s on {tts.device})",
+              file=sys.stderr)
     return 0

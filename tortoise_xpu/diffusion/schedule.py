@@ -16,11 +16,14 @@ import torch
 
 from tortoise_xpu.backends.audit import cpu_route
 
+# For the portability audit (backends/audit.py): the float64 tables are deliberate host work.
+_HOST_TABLES = "diffusion schedule: float64 tables built on the host, used as float32"
+
 TRAINED_STEPS = 4000
 """Diffusion steps the official decoder was trained with."""
 
 
-@cpu_route("diffusion schedule: float64 tables built on the host")
+@cpu_route(_HOST_TABLES)
 def linear_betas(num_steps: int = TRAINED_STEPS) -> torch.Tensor:
     """Ho et al.'s linear betas stretched to ``num_steps`` (1e-4..2e-2 at 1000 steps): float64, CPU.
 
@@ -83,7 +86,7 @@ class DiffusionSchedule:
               "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
               "posterior_mean_coef1", "posterior_mean_coef2")
 
-    @cpu_route("diffusion schedule: float64 tables built on the host, used as float32")
+    @cpu_route(_HOST_TABLES)
     def __init__(self, betas: torch.Tensor, timestep_map: list[int] | None = None):
         betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu")
         if betas.dim() != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
@@ -125,7 +128,7 @@ class DiffusionSchedule:
         return _respaced(cls, steps, trained_steps)
 
     @classmethod
-    @cpu_route("diffusion schedule: float64 tables built on the host")
+    @cpu_route(_HOST_TABLES)
     def _build_respaced(cls, steps: int, trained_steps: int) -> "DiffusionSchedule":
         if not 1 <= steps <= trained_steps:
             raise ValueError(f"diffusion steps must be between 1 and {trained_steps}, got {steps}")
@@ -143,7 +146,7 @@ class DiffusionSchedule:
         """Entry ``i`` of table ``name``, rounded to float32, as a Python float."""
         return self._scalars[name][i]
 
-    @cpu_route("diffusion schedule: float64 tables cast to float32 on the host")
+    @cpu_route(_HOST_TABLES)
     def table(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         """Table ``name`` as float32 on ``device`` (rounded on the CPU first)."""
         return getattr(self, name).to(torch.float32).to(device or "cpu")

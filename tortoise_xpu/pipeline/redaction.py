@@ -267,7 +267,7 @@ def redact(wav: torch.Tensor, parsed, backend=None, aligner: CtcAligner | None =
     wav = wav.reshape(1, -1)
     if not parsed.has_redaction:
         return wav
-    if not any(parsed.bare[a:b].strip() for a, b in parsed.keep):
+    if not any(ch.isalnum() for ch in parsed.spoken):
         raise UserError("every word of the text is in [brackets], so redaction would leave no audio; "
                         "put the words to be heard outside the brackets")
     aligner = aligner if aligner is not None else load_aligner(backend)

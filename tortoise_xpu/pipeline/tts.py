@@ -58,6 +58,11 @@ class RunReport:
         return sum(self.stages.values())
 
 
+def _weight_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating-point dtype a module's weights are stored in (its inputs must match)."""
+    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+
+
 class TextToSpeech:
     """Tortoise text-to-speech, with the original's API.
 
@@ -159,7 +164,15 @@ class TextToSpeech:
             from tortoise_xpu.models import registry
 
             path = self._asset_path(registry.spec(name).file)
-            m = load_model(name, self.models_dir, dtype=self._stage_dtype(name), path=path)
+            dtype = self._stage_dtype(name)
+            if hasattr(registry.spec(name).model_class(), "layer_autocast_dtype") and dtype != torch.float32 \
+                    and self.backend.supports_autocast(dtype):
+                # The diffusion decoder keeps float32 weights and autocasts all but its first layer
+                # (the original's use_fp16 scheme): much closer to float32 than casting every weight.
+                m = load_model(name, self.models_dir, path=path)
+                m.layer_autocast_dtype = dtype
+            else:
+                m = load_model(name, self.models_dir, dtype=dtype, path=path)
             if self.policy(self._candidates).resident:
                 m = self.backend.to_device(m)
             self._models[name] = m
@@ -186,8 +199,17 @@ class TextToSpeech:
         try:
             with audit_stage(stage):  # names the stage for the portability audit (backends/audit.py)
                 yield
-        finally:
             self.backend.synchronize()
+        except Exception as exc:
+            # A device OOM outside the AR back-off, or a driver failure: one line naming the stage and
+            # what to try, instead of a driver traceback.  Anything else (a bug) passes unchanged.
+            from tortoise_xpu.backends.errors import user_facing_error
+
+            clean = user_facing_error(exc, self.backend, stage)
+            if clean is None:
+                raise
+            raise clean from exc
+        finally:
             self.last_report.stages[stage] = self.last_report.stages.get(stage, 0.0) + time.perf_counter() - start
 
     def _report(self, stage: str, done: int, total: int) -> None:
@@ -222,7 +244,7 @@ class TextToSpeech:
             diff_mels = [univnet_mel(c.to(dev), use_complex=use_complex)
                          for c in prepare_diffusion_clips(voice_samples)]
             with self._on_device("diffusion") as diffusion:
-                dt = self._stage_dtype("diffusion")
+                dt = _weight_dtype(diffusion)
                 diff_latent = diffusion.get_conditioning([m.to(dt) for m in diff_mels]).float()
         if return_mels:
             return ar_latent, diff_latent, ar_mels
@@ -373,7 +395,17 @@ class TextToSpeech:
 
         from tortoise_xpu.text.split import parse_redaction
 
-        parsed = parse_redaction(text)
+        parsed = None
+        if self.enable_redaction and ("[" in text or "]" in text):
+            try:
+                parsed = parse_redaction(text)
+            except UserError as exc:
+                raise UserError(f"{exc} (to read brackets aloud instead, turn redaction off: "
+                                f"--disable-redaction)") from None
+            if parsed.has_redaction and not any(ch.isalnum() for ch in parsed.spoken):
+                raise UserError("all of the text is inside [brackets], which steer the voice but are cut from the "
+                                "audio: nothing would be spoken. Put the words to say outside the brackets, or "
+                                "turn redaction off (--disable-redaction) to read them aloud")
         self._candidates = num_samples
         policy = self.policy(num_samples)
         self.last_report = RunReport(seed=seed, candidates=num_samples, policy=policy.to_dict())
@@ -416,7 +448,7 @@ class TextToSpeech:
             with self._timed("vocoder"), torch.no_grad(), self._on_device("vocoder") as vocoder:
                 wav = vocoder.inference(mel.to(self._stage_dtype("vocoder")), generator=gen).float().cpu()
             wavs.append(wav.reshape(1, -1))
-        if parsed.has_redaction and self.enable_redaction:
+        if parsed is not None and parsed.has_redaction:
             from tortoise_xpu.pipeline.redaction import redact
 
             with self._timed("redaction"):
@@ -435,7 +467,7 @@ class TextToSpeech:
 
         steps = int(s["diffusion_iterations"])
         with self._timed("diffusion"), torch.no_grad(), self._on_device("diffusion") as diffusion:
-            dt = self._stage_dtype("diffusion")
+            dt = _weight_dtype(diffusion)
             length = output_length(latents.shape[1])
             emb = diffusion.timestep_independent(latents.to(dt), diff_latent.to(dt), length, False)
             denoise = diffusion.denoiser(emb, True)
@@ -444,8 +476,27 @@ class TextToSpeech:
                 cond, uncond = denoise(x.to(dt), t, want_uncond)
                 return cond.float(), (uncond.float() if uncond is not None else None)
 
-            mel = sample(model_fn, (latents.shape[0], diffusion.in_channels, length), sampler=s["sampler"],
+            shape = (latents.shape[0], diffusion.in_channels, length)
+            mel = sample(model_fn, shape, sampler=s["sampler"],
                          steps=steps, cond_free=bool(s["cond_free"]), cond_free_k=float(s["cond_free_k"]),
                          generator=generator, temperature=float(s["diffusion_temperature"]),
                          device=self.device, progress=lambda d, t: self._report("diffusion", d, t))
+            if s["sampler"] == "p":
+                # The original's p_sample also draws noise at its last step (and masks it out); draw it
+                # too, so the generator then stands where the original's does and the vocoder and the
+                # next candidate get the original's noise for the same seed.
+                torch.randn(shape, generator=generator, dtype=torch.float32)
             return denormalize_mel(mel)[:, :, :length]
+
+    # ------------------------------------------------------------------------------------ streaming
+    def tts_stream(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
+                   conditioning_latents: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any):
+        """Speak ``text`` as a generator of 24 kHz audio chunks (1-D float32 CPU tensors).
+
+        One AR candidate decoded by the HiFi-GAN decoder as it is sampled (no CLVP, no diffusion),
+        like the original's ``api_fast`` stream; see :func:`tortoise_xpu.pipeline.stream.tts_stream`
+        for the keyword arguments (``seed``, ``stream_chunk_size=40``, ``overlap_wav_len=1024``, ...).
+        """
+        from tortoise_xpu.pipeline.stream import tts_stream
+
+        return tts_stream(self, text, voice_samples, conditioning_latents, **kwargs)

@@ -113,7 +113,15 @@ def _dollars(match: re.Match) -> str:
 
 
 def _pounds(match: re.Match) -> str:
-    return _money_words(match.group(1), ("pound", "pounds"), ("penny", "pence"), "zero pounds")
+    # Pence are read as money ("7.5" is 7 pounds 50 pence); three or more decimals as a plain decimal.
+    amount = match.group(1).replace(",", "")
+    whole, _, frac = amount.partition(".")
+    if "." in frac or len(frac) > 2:
+        return f"{amount} pounds"
+    if len(frac) == 1:
+        frac += "0"
+    return _money_words(f"{whole}.{frac}" if frac else whole, ("pound", "pounds"), ("penny", "pence"),
+                        "zero pounds")
 
 
 def _decimal(match: re.Match) -> str:

@@ -1,0 +1,334 @@
+"""Every bad-input and failure case of issue 7, what the user sees, and helpers to test it.
+
+``CASES`` is the single source of docs/errors.md: each test in tests/test_errors_*.py
+names its case id and asserts the case's ``exit`` code and ``expect`` patterns against
+what the CLI (or the API) really printed.  ``tests/test_errors_runtime.py`` checks that
+the table in docs/errors.md equals :func:`render_table` and that every case id is used by
+a test.  After editing the table, regenerate the doc with::
+
+    python -m tests.error_cases        # rewrites the generated part of docs/errors.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "errors.md"
+BEGIN = "<!-- generated from tests/error_cases.py: python -m tests.error_cases -->"
+END = "<!-- end of generated table -->"
+
+# Tiny generation settings: the few tests that run real (tiny random) models stay fast.
+TINY = ["--preset", "ultra_fast", "--num-autoregressive-samples", "2", "--diffusion-iterations", "2",
+        "--max-mel-tokens", "8", "--device", "cpu", "-q"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: what goes in, what happens, the exit code, and what the user reads."""
+
+    id: str
+    area: str
+    given: str
+    outcome: str                 # refused / cleaned / accepted / warned / handled
+    exit: int | None             # the CLI exit code (None where the case is an API behaviour)
+    shows: str                   # the message (or result) as the user sees it, abridged
+    expect: tuple[str, ...] = ()  # regexes the message must match
+
+
+def _c(id, area, given, outcome, exit, shows, *expect):
+    return Case(id, area, given, outcome, exit, shows, tuple(expect))
+
+
+TEXT, AUDIO, ASSETS, RUNTIME = "Text", "Audio (voice clips)", "Assets and files", "Runtime"
+
+_CASES = [
+    # ---------------------------------------------------------------------------------- text
+    _c("text.empty", TEXT, "empty text (`speak \"\"`, an empty `-f` file, an empty `read` file)", "refused", 2,
+       "error: the text is empty · `read`: error: FILE has nothing speakable in it",
+       r"the text is empty|nothing speakable"),
+    _c("text.whitespace", TEXT, "only spaces, tabs and newlines", "refused", 2,
+       "error: the text is empty", r"the text is empty"),
+    _c("text.brackets_only", TEXT, "only a redaction prompt: `[I am really sad]`", "refused", 2,
+       "error: all of the text is inside [brackets], which steer the voice but are cut from the audio: nothing "
+       "would be spoken. Put the words to say outside the brackets, or turn redaction off (--disable-redaction) "
+       "to read them aloud", r"inside \[brackets\]", r"nothing would be spoken", r"--disable-redaction"),
+    _c("text.unbalanced_brackets", TEXT, "unbalanced brackets: `hello [there`, `hello] there`", "refused", 2,
+       "error: '[' is never closed with ']': every redaction bracket needs a closing one (to read brackets aloud "
+       "instead, turn redaction off: --disable-redaction) · error: ']' at character 6 has no matching '['",
+       r"never closed|no matching '\['", r"--disable-redaction"),
+    _c("text.nested_brackets", TEXT, "nested brackets: `[a [b] c] d`", "refused", 2,
+       "error: nested '[' at character 4: redaction brackets cannot be nested (...)", r"cannot be nested"),
+    _c("text.speak_too_long", TEXT, "1 MB of text to `speak` (anything over 2000 characters)", "refused", 2,
+       "error: the text has 1000000 characters; `speak` takes up to 2000. For long texts use: tortoise-xpu read "
+       "FILE -o OUTPUT_DIR (resumable, one WAV per chunk)", r"takes up to 2000", r"tortoise-xpu read"),
+    _c("text.speak_split", TEXT, "300 to 2000 characters to `speak`", "accepted", 0,
+       "split at sentence ends into chunks of at most 300 characters, spoken in turn and joined into one WAV"),
+    _c("text.too_many_tokens", TEXT, "a short text that cleans into more tokens than one AR pass reads "
+       "(e.g. 240 CJK characters, 300 characters of digits)", "refused", 2,
+       "error: the text is 900 tokens long but the model reads at most 401 tokens at a time (...): split it "
+       "with '|' between the parts, or use `tortoise-xpu read` (...)", r"tokens long", r"tortoise-xpu read"),
+    _c("text.emoji_only", TEXT, "only emoji / symbols: `😀🎉`", "refused", 2,
+       "error: the text is empty after cleaning; nothing to say", r"empty after cleaning"),
+    _c("text.emoji_mixed", TEXT, "emoji between words: `good 😀 morning`", "cleaned", 0,
+       "emoji have no spoken form and are dropped; the words are spoken"),
+    _c("text.cjk", TEXT, "Chinese / Japanese / Korean: `你好世界`", "cleaned", 0,
+       "transliterated to Latin letters (`ni hao shi jie`) like every non-ASCII letter: the checkpoints "
+       "read English only, so expect an English-accented romanisation"),
+    _c("text.rtl", TEXT, "right-to-left scripts and bidi marks: `שלום`, `مرحبا`, U+202E", "cleaned", 0,
+       "transliterated to Latin letters; invisible direction marks are dropped"),
+    _c("text.control_chars", TEXT, "control characters in text: `hello\\x00world\\x07`, a lone surrogate "
+       "from a non-UTF-8 argv", "cleaned", 0, "each becomes a space (the tokenizer would read `[UNK]`)"),
+    _c("text.control_only", TEXT, "only control characters", "refused", 2,
+       "error: the text holds only control characters: nothing to say", r"only control characters"),
+    _c("text.binary_file", TEXT, "a binary file given as text (`-f song.mp3`)", "refused", 2,
+       "error: FILE does not look like text: 110 of 512 characters are control characters (a binary file?)",
+       r"does not look like text"),
+    _c("text.utf16_file", TEXT, "a text file in UTF-16 (with or without BOM) or UTF-32 with BOM", "accepted", 0,
+       "decoded; the words are spoken"),
+    _c("text.latin1_file", TEXT, "a text file in Latin-1 / Windows-1252", "accepted", 0,
+       "decoded (Windows-1252 first, so curly quotes and dashes survive); the words are spoken"),
+    _c("text.file_missing", TEXT, "`-f` naming a missing file or a folder", "refused", 2,
+       "error: text file not found: FILE · error: FILE is a folder, not a text file",
+       r"text file not found|is a folder"),
+    # ---------------------------------------------------------------------------------- audio
+    _c("audio.missing", AUDIO, "`--voice clip.wav` that does not exist", "refused", 2,
+       "error: clip.wav: no such file or voice folder", r"no such file"),
+    _c("audio.directory", AUDIO, "a folder where a clip is expected (`detect DIR`), or a voice folder "
+       "without clips", "refused", 2,
+       "error: DIR is a folder, not an audio file · error: voice folder DIR has no audio clips (...) and no "
+       "latents file", r"is a folder, not an audio file|has no audio clips"),
+    _c("audio.zero_length", AUDIO, "a zero-length file", "refused", 2,
+       "error: FILE: the file is empty (0 bytes)", r"empty \(0 bytes\)"),
+    _c("audio.corrupt_header", AUDIO, "a WAV with a corrupt header", "refused", 2,
+       "error: FILE: not a readable audio file (... Malformed 'fmt ' chunk.)", r"not a readable audio file"),
+    _c("audio.not_audio", AUDIO, "a text file renamed `.wav`", "refused", 2,
+       "error: FILE: not a readable audio file (... Format not recognised.)", r"not a readable audio file"),
+    _c("audio.silent", AUDIO, "a silent clip (digital silence or below -80 dBFS)", "refused", 2,
+       "error: FILE: the clip is silent (digital silence); record the voice louder", r"is silent"),
+    _c("audio.clipped", AUDIO, "a clipped clip (over 0.1 % of samples at full scale)", "warned", 0,
+       "warning: FILE: clipped (51840 samples, 78.4 %, at full scale); the clip is used", r"clipped"),
+    _c("audio.nan_inf", AUDIO, "NaN or infinite samples (float WAV)", "refused", 2,
+       "error: FILE: 1 of 66150 samples are NaN or infinite", r"NaN or infinite"),
+    _c("audio.rates", AUDIO, "8 kHz, 48 kHz and 96 kHz clips", "accepted", 0,
+       "resampled to 22.05 kHz (and 24 kHz for the diffusion latent)"),
+    _c("audio.channels", AUDIO, "stereo and 6-channel clips", "accepted", 0,
+       "channels averaged to mono"),
+    _c("audio.long_clip", AUDIO, "a 10-minute clip", "warned", 0,
+       "warning: FILE: only the first 30 s of 600 s are used (only those are read from disk)", r"first 30 s"),
+    _c("audio.no_usable_clips", AUDIO, "a voice folder whose clips are all unusable", "refused", 2,
+       "error: none of the 2 voice clips is usable: A: the clip is silent (...); B: not a readable audio file "
+       "(...) · with some usable clips: warning: skipping B: ... and the rest are used",
+       r"none of the 2 voice clips is usable"),
+    _c("audio.mixed_formats", AUDIO, "a voice folder mixing wav, flac, ogg (and mp3 where libsndfile has it)",
+       "accepted", 0, "every clip is read"),
+    # ---------------------------------------------------------------------------------- assets
+    _c("assets.unknown_voice", ASSETS, "`--voice tomm`", "refused", 2,
+       "error: unknown voice 'tomm' (did you mean: tom?; searched DIRS; 'random' needs no files)",
+       r"unknown voice 'tomm'", r"did you mean: tom"),
+    _c("assets.unknown_preset", ASSETS, "`--preset nope` (API: `preset_settings('nope')`)", "refused", 2,
+       "tortoise-xpu speak: error: argument -p/--preset: invalid choice: 'nope' (choose from 'ultra_fast', "
+       "'fast', 'standard', 'high_quality', ...) (see tortoise-xpu speak --help)",
+       r"invalid choice: 'nope'", r"ultra_fast"),
+    _c("assets.unknown_sampler", ASSETS, "`--sampler euler` (API: `tts(sampler='euler')`)", "refused", 2,
+       "tortoise-xpu speak: error: argument --sampler: invalid choice: 'euler' (choose from 'p', 'ddim', "
+       "'dpm++2m') (...)", r"invalid choice: 'euler'", r"ddim"),
+    _c("assets.unknown_device", ASSETS, "`--device tpu`", "refused", 2,
+       "error: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N, rocm, rocm:N, xpu, xpu:N, mps, directml, "
+       "directml:N, dml, dml:N", r"unknown device 'tpu'", r"valid: auto, cpu"),
+    _c("assets.unavailable_backend", ASSETS, "a backend this machine cannot run (`--device xpu` on a CPU build)",
+       "refused", 2,
+       "error: device 'xpu' is not available: this torch build (2.x+cpu) has no XPU support; install torch "
+       "from the PyTorch XPU wheel index", r"is not available: ", r"install"),
+    _c("assets.missing_model", ASSETS, "a model file missing from the models folder (offline)", "refused", 2,
+       "error: rlg_auto.pth is not in DIR and could not be downloaded (...). Offline? Run `tortoise-xpu models "
+       "download --models-dir DIR` on a machine with internet (...)", r"is not in", r"tortoise-xpu models download"),
+    _c("assets.truncated_checkpoint", ASSETS, "a truncated checkpoint", "refused", 2,
+       "error: autoregressive.pth is truncated or corrupt (...); fetch it again", r"truncated or corrupt"),
+    _c("assets.wrong_model", ASSETS, "the checkpoint of another model under this model's name", "refused", 2,
+       "error: autoregressive.pth does not fit UnifiedVoice (autoregressive.pth): 40 missing keys (...), 30 "
+       "unexpected keys (...); this looks like clvp2.pth, not autoregressive.pth",
+       r"does not fit", r"missing key", r"looks like clvp2\.pth"),
+    _c("assets.wrong_shape", ASSETS, "a checkpoint of the right model with other shapes", "refused", 2,
+       "error: autoregressive.pth does not fit UnifiedVoice (...): N shape mismatches (KEY: file (...) vs model "
+       "(...), ...); every key is there but shapes differ, so the file was made with another configuration",
+       r"shape mismatch", r"file \(\d+"),
+    _c("assets.checksum_mismatch", ASSETS, "a download whose sha256 differs / a file on disk that fails "
+       "`models verify`", "refused", 2,
+       "download: tokenizer.json: FAILED: checksum mismatch ... (nothing kept) · verify (exit 1): sha256 "
+       "1a2b… differs from the manifest's 3c4d…; fetch it again: tortoise-xpu models download NAME --force",
+       r"checksum mismatch|differs"),
+    _c("assets.malicious_pth", ASSETS, "a `.pth` that would run code when unpickled (model file or voice "
+       "latents)", "refused", 2,
+       "error: autoregressive.pth was refused: it holds more than tensors (...); loading it could run code, so "
+       "only plain weight files are accepted · error: FILE is not a valid latents file (UnpicklingError: ...). "
+       "The code never runs (weights_only loading)", r"refused|not a valid latents file"),
+    _c("assets.latents_shape", ASSETS, "a latents `.pth` of the wrong shapes", "refused", 2,
+       "error: conditioning latents of widths 7 and 9 do not fit these models (64 and 128): they were made "
+       "with other model files · not (1, D) tensors: error: FILE has latents of shapes (3, 5) and (1, 9); "
+       "expected (1, 1024) and (1, 2048)", r"latents of (widths 7 and 9|shapes \(3, 5\))"),
+    _c("assets.output_is_folder", ASSETS, "`-o` naming an existing folder", "refused", 2,
+       "error: cannot write DIR: it is a folder; give a file name (checked before any synthesis)",
+       r"is a folder"),
+    # ---------------------------------------------------------------------------------- runtime
+    _c("runtime.oom_backoff", RUNTIME, "out of memory in AR sampling (the batch is too big)", "handled", 0,
+       "the batch is halved and only the failed batch redone; the run ends with every candidate, identical to "
+       "a run without the OOM"),
+    _c("runtime.oom_batch1", RUNTIME, "out of memory even at batch size 1", "refused", 1,
+       "error: out of memory on cpu even at batch size 1 (...); try --low-vram (one model on the device at a "
+       "time), --dtype float16 or bfloat16, a smaller --batch-size for the other stages, or --device cpu",
+       r"out of memory", r"--low-vram", r"--device cpu"),
+    _c("runtime.oom_other_stage", RUNTIME, "out of memory in diffusion / vocoder / CLVP", "refused", 1,
+       "error: out of memory on DEVICE during the diffusion stage (...); try --low-vram (...) or --device cpu",
+       r"out of memory", r"during the diffusion stage", r"--low-vram"),
+    _c("runtime.device_error", RUNTIME, "a device / driver failure mid-run", "refused", 1,
+       "error: the device failed on DEVICE during the ar stage: <driver message>. Run again (the seed makes it "
+       "repeatable); if it persists update the GPU driver, run `tortoise-xpu doctor`, or use --device cpu",
+       r"the device failed", r"during the ar stage", r"--device cpu"),
+    _c("runtime.ctrl_c_read", RUNTIME, "Ctrl-C during `read`", "handled", 130,
+       "interrupted: finished chunks are kept in DIR; run the same command again to resume — finished chunk "
+       "files are never rewritten (same sha256), the manifest says which are pending",
+       r"interrupted", r"resume"),
+    _c("runtime.read_lock", RUNTIME, "two `read` runs on the same folder at once", "refused", 2,
+       "error: DIR is in use by another tortoise-xpu run (pid N); wait for it to finish or remove "
+       "DIR/.tortoise-xpu.lock if it is not running", r"in use by another tortoise-xpu run \(pid \d+\)"),
+    _c("runtime.disk_full", RUNTIME, "disk full while writing a WAV, a chunk, the manifest or latents", "refused",
+       1, "error: cannot write FILE: No space left on device; free some space or write somewhere else (nothing "
+       "was left under that name)", r"cannot write", r"(?i)no space left"),
+]
+
+CASES: dict[str, Case] = {c.id: c for c in _CASES}
+assert len(CASES) == len(_CASES), "duplicate case id"
+
+
+# ------------------------------------------------------------------------------------ the doc
+
+def render_table() -> str:
+    """The generated part of docs/errors.md: one table per area."""
+    out = [BEGIN, ""]
+    area = None
+    for c in _CASES:
+        if c.area != area:
+            if area is not None:
+                out.append("")
+            area = c.area
+            out += [f"### {area}", "", "| case | input | outcome | exit | what the user sees |",
+                    "|---|---|---|---|---|"]
+        code = "—" if c.exit is None else str(c.exit)
+        out.append(f"| `{c.id}` | {_cell(c.given)} | {c.outcome} | {code} | {_cell(c.shows)} |")
+    out += ["", END]
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def doc_table() -> str:
+    """The generated part as it is in docs/errors.md now ('' when absent)."""
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0:
+        return ""
+    return text[start:end + len(END)] + "\n"
+
+
+def write_doc() -> None:
+    """Replace the generated part of docs/errors.md with :func:`render_table`."""
+    text = DOC.read_text(encoding="utf-8")
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0:
+        raise SystemExit(f"{DOC} has no generated-table markers")
+    DOC.write_text(text[:start] + render_table().rstrip("\n") + text[end + len(END):], encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ CLI helpers
+
+def run_cli(argv: Sequence[object], capsys) -> tuple[int, str, str]:
+    """Run ``tortoise-xpu ARGV`` in this process; returns (exit code, stdout, stderr)."""
+    from tortoise_xpu.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """The one error line of a failed run's stderr (warnings excepted); asserts there is exactly one."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning: ")]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    return lines[0]
+
+
+def check_case(case_id: str, code: int, err: str, *, absent: Sequence[Path] = (), line: str | None = None) -> str:
+    """Assert a CLI outcome matches ``CASES[case_id]``: exit code, one clean line, patterns, no files left.
+
+    ``absent``: paths that must not exist afterwards (outputs, and their folder's temp files).
+    Returns the message line.
+    """
+    case = CASES[case_id]
+    assert code == case.exit, f"{case_id}: exit {code}, expected {case.exit}; stderr:\n{err}"
+    msg = line if line is not None else (error_line(err) if case.exit else err)
+    for pattern in case.expect:
+        assert re.search(pattern, msg), f"{case_id}: {pattern!r} not in {msg!r}"
+    for p in absent:
+        p = Path(p)
+        assert not p.exists(), f"{case_id}: {p} was left behind"
+        if p.parent.is_dir():
+            leftovers = [q.name for q in p.parent.iterdir() if q.name.startswith(f".{p.name}.")]
+            assert not leftovers, f"{case_id}: temporary files left: {leftovers}"
+    return msg
+
+
+# ------------------------------------------------------------------------------------ a fake synthesiser
+
+class _ReachedModels(Exception):
+    """Raised where the pipeline would start running models (fake runs stop there)."""
+
+
+@pytest.fixture
+def fake_synth(monkeypatch):
+    """``TextToSpeech.tts`` runs every real check (settings, brackets, tokenizer, length) and then,
+    instead of running models, returns 0.2 s of a tone per candidate.  Records each call."""
+    import torch
+
+    from tortoise_xpu.pipeline.tts import TextToSpeech
+
+    calls: list[dict] = []
+    real_tts = TextToSpeech.tts
+
+    @contextlib.contextmanager
+    def stop_at_models(self, stage):
+        raise _ReachedModels(stage)
+        yield  # pragma: no cover
+
+    def tts(self, text, *args, k=1, **kwargs):
+        try:
+            real_tts(self, text, *args, k=k, **kwargs)
+        except _ReachedModels:
+            pass
+        calls.append({"text": text, "k": k, **kwargs})
+        n = 4800
+        wav = 0.3 * torch.sin(torch.arange(n) * (2 * math.pi * 220 / 24000)).reshape(1, n)
+        return wav if k == 1 else [wav.clone() for _ in range(k)]
+
+    monkeypatch.setattr(TextToSpeech, "_timed", stop_at_models)
+    monkeypatch.setattr(TextToSpeech, "tts", tts)
+    return calls
+
+
+if __name__ == "__main__":
+    write_doc()
+    print(f"wrote {DOC}")

@@ -1,0 +1,230 @@
+"""The AR decode engine (pipeline/decode.py) and the backend graph/stream helpers (backends/graphs.py).
+
+The static-shape path (device-tensor position, bucketed cache reads) and its graph mode must give
+exactly the codes of the eager int-position path; graphs are exercised on the CPU through a
+stand-in runner that replays by calling the captured step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tortoise_xpu.backends import resolve
+from tortoise_xpu.backends.graphs import GraphRunner, SideStream
+from tortoise_xpu.models.autoregressive import ARConfig, UnifiedVoice
+from tortoise_xpu.pipeline.decode import DecodeEngine, bucket_length, choose_mode
+from tortoise_xpu.pipeline.sampling import SamplingSettings
+
+CPU = resolve("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a loaded machine OpenMP threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ar():
+    torch.manual_seed(0)
+    return UnifiedVoice(ARConfig.tiny()).eval()
+
+
+def _inputs(b: int, steps: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, 64, generator=g)
+    text = torch.randint(1, 200, (1, 9), generator=g)
+    u = torch.rand(b, steps, generator=g)
+    return cond, text, u
+
+
+class EagerGraphs:
+    """A graph runner for the CPU: warms up like the real one, and 'replays' by calling the step."""
+
+    def __init__(self):
+        self.captures = 0
+
+    def capture(self, fn, *, warmup: int = 2, restore=None):
+        for _ in range(warmup):
+            fn()
+            if restore is not None:
+                restore()
+        self.captures += 1
+        return SimpleNamespace(replay=fn)
+
+
+def _decode(ar, mode, u, settings=SamplingSettings(), steps=40, force=True, runner=None, bucket=8, **kw):
+    cond, text, _ = _inputs(1, 1)
+    engine = DecodeEngine(CPU, mode=mode, bucket=bucket, graph_runner=runner, **kw)
+    with torch.no_grad():
+        return engine.decode(ar, cond, text, u, settings, steps, force), engine
+
+
+@pytest.mark.parametrize("settings", [SamplingSettings(), SamplingSettings(temperature=1.3, top_p=1.0, top_k=0,
+                                                                           repetition_penalty=1.0),
+                                      SamplingSettings(typical_sampling=True, top_k=5)])
+def test_static_path_gives_the_eager_codes(ar, settings):
+    _, _, u = _inputs(3, 32, seed=1)
+    eager, _ = _decode(ar, "eager", u, settings, steps=32)
+    static, _ = _decode(ar, "static", u, settings, steps=32)
+    assert eager.steps == static.steps == 32
+    assert torch.equal(eager.codes, static.codes)
+    assert eager.codes.shape == (3, 32) and (eager.codes != ar.config.stop_mel_token).all()
+
+
+def test_graph_mode_replays_one_capture_per_bucket_and_reuses_them(ar):
+    _, _, u = _inputs(2, 30, seed=2)
+    eager, _ = _decode(ar, "eager", u, steps=30)
+    runner = EagerGraphs()
+    cond, text, _ = _inputs(1, 1)
+    engine = DecodeEngine(CPU, mode="graph", bucket=8, graph_runner=runner)
+    with torch.no_grad():
+        first = engine.decode(ar, cond, text, u, SamplingSettings(), 30, True)
+        # prompt 13 positions + 29 fed-back codes = 42 slots -> cache of 48; live lengths 14..42 -> buckets 16..48
+        assert runner.captures == engine.captures == 5
+        second = engine.decode(ar, cond, text, u, SamplingSettings(), 30, True)
+    assert runner.captures == 5  # same shape: the graphs are reused
+    assert torch.equal(first.codes, eager.codes) and torch.equal(second.codes, eager.codes)
+
+
+def test_candidates_do_not_depend_on_the_batch(ar):
+    _, _, u = _inputs(4, 24, seed=3)
+    whole, engine = _decode(ar, "static", u, steps=24)
+    halves = [engine.decode(ar, *_inputs(1, 1)[:2], u[i:i + 2], SamplingSettings(), 24, True).codes
+              for i in (0, 2)]
+    assert torch.equal(whole.codes, torch.cat(halves))
+
+
+@pytest.mark.parametrize("mode", ["eager", "static", "graph"])
+def test_stop_is_checked_every_n_steps_and_pads_with_stop(mode):
+    torch.manual_seed(1)
+    model = UnifiedVoice(ARConfig.tiny()).eval()
+    stop = model.config.stop_mel_token
+    with torch.no_grad():
+        model.mel_head.bias[stop] = 50.0  # every candidate stops at once
+    _, _, u = _inputs(2, 24, seed=4)
+    result, _ = _decode(model, mode, u, steps=24, force=False, runner=EagerGraphs(), stop_check_every=8)
+    assert result.steps == 8
+    assert (result.codes == stop).all()
+    forced, _ = _decode(model, mode, u, steps=24, force=True, runner=EagerGraphs())
+    assert forced.steps == 24 and not (forced.codes == stop).any()
+
+
+def test_bf16_weights_keep_fp32_logits_close(ar):
+    """The Policy's half dtype for the AR: decode logits stay near the float32 ones."""
+    low = UnifiedVoice(ARConfig.tiny()).eval()
+    low.load_state_dict(ar.state_dict())
+    low = low.to(torch.bfloat16)
+    cond, text, _ = _inputs(1, 1)
+    tokens = torch.tensor([5, 77])
+    with torch.no_grad():
+        out = []
+        for model, dt in ((ar, torch.float32), (low, torch.bfloat16)):
+            cache = model.new_cache(2, 32, dtype=dt)
+            model.prefill(cond, text, cache)
+            position = torch.ones((), dtype=torch.long)
+            logits, _ = model.decode_step(tokens, position, cache)
+            out.append(logits.float())
+    scale = out[0].abs().max()
+    assert (out[0] - out[1]).abs().max() <= 0.05 * scale
+
+
+def test_bucket_length_and_mode_choice(monkeypatch):
+    assert [bucket_length(n, 64, 200) for n in (1, 64, 65, 190)] == [64, 64, 128, 192]
+    assert bucket_length(199, 64, 200) == 200
+    monkeypatch.delenv("TORTOISE_XPU_DECODE", raising=False)
+    assert choose_mode(graphs=True, has_runner=True) == "graph"
+    assert choose_mode(graphs=True, has_runner=False) == "static"
+    assert choose_mode(graphs=False, has_runner=True) == "eager"
+    monkeypatch.setenv("TORTOISE_XPU_DECODE", "static")
+    assert choose_mode(graphs=True, has_runner=True) == "static"
+    with pytest.raises(ValueError, match="decode mode"):
+        choose_mode(False, False, "warp")
+
+
+def test_engine_rejects_too_many_tokens(ar):
+    with pytest.raises(ValueError, match="max_tokens"):
+        _decode(ar, "eager", torch.rand(1, 700), steps=700)
+
+
+# ------------------------------------------------------------------------------ backends/graphs.py
+class FakeDeviceModule:
+    """Just enough of a CUDA-style device module to watch what GraphRunner / SideStream call."""
+
+    def __init__(self):
+        self.log: list[str] = []
+        module = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.name = "side"
+
+            def wait_stream(self, other):
+                module.log.append(f"{self.name}.wait_stream")
+
+            def wait_event(self, event):
+                module.log.append(f"{self.name}.wait_event")
+
+        class Event:
+            def record(self, stream=None):
+                module.log.append("event.record")
+
+        class FakeGraph:
+            def replay(self):
+                module.log.append("replay")
+
+        self.Stream, self.Event, self.FakeGraph = Stream, Event, FakeGraph
+        self._current = Stream()
+        self._current.name = "current"
+
+    def current_stream(self, device=None):
+        return self._current
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        self.log.append(f"enter {s.name}")
+        yield
+        self.log.append(f"exit {s.name}")
+
+    @contextlib.contextmanager
+    def graph(self, g, pool=None, stream=None):
+        self.log.append("capture begin")
+        yield
+        self.log.append("capture end")
+
+    def graph_pool_handle(self):
+        return "pool"
+
+
+def test_graph_runner_warms_up_on_a_side_stream_then_captures():
+    mod = FakeDeviceModule()
+    runner = GraphRunner.probe(mod, "FakeGraph", torch.device("cpu"))
+    assert runner is not None and GraphRunner.probe(mod, "NoSuchGraph", torch.device("cpu")) is None
+    calls = []
+    graph = runner.capture(lambda: (calls.append("fn"), mod.log.append("fn")), warmup=2,
+                           restore=lambda: mod.log.append("restore"))
+    graph.replay()
+    assert mod.log == ["side.wait_stream", "enter side", "fn", "restore", "fn", "restore", "exit side",
+                       "current.wait_stream", "capture begin", "fn", "capture end", "replay"]
+    assert runner.shared_pool() == "pool"
+
+
+def test_side_stream_orders_copies_before_use():
+    mod = FakeDeviceModule()
+    side = SideStream.probe(mod, torch.device("cpu"))
+    with side.active() as event:
+        mod.log.append("copy")
+    side.wait(event, [torch.zeros(1)])
+    assert mod.log == ["side.wait_stream", "enter side", "copy", "event.record", "exit side", "current.wait_event"]
+    assert SideStream.probe(None, torch.device("cpu")) is None
+
+
+def test_cpu_backend_has_no_graphs_or_streams():
+    assert CPU.graph_runner() is None and CPU.graph() is None and CPU.side_stream() is None

@@ -1,0 +1,167 @@
+"""Streaming (``tts_stream``): chunk timing and lengths, crossfade continuity, determinism, CLI.
+
+Tiny random models on the CPU (the session fixture ``tiny_models_dir``); ``force_tokens`` fixes
+the number of codes so the chunk schedule is known in advance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tortoise_xpu.errors import UserError
+from tortoise_xpu.pipeline.stream import Crossfader, StreamStats
+
+TEXT = "Streaming test."
+SCHEDULE = dict(stream_chunk_size=5, first_buffer=6, overlap_wav_len=512, force_tokens=16)
+
+
+def decoded_length(codes: int) -> int:
+    """HiFi-GAN output samples for ``codes`` latents: ×4 then ×24000/22050 frames, 256 samples each (tiny too)."""
+    return int(int(4 * codes) * 24000 / 22050) * 256
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_models_dir):
+    from tortoise_xpu import TextToSpeech
+
+    return TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tts):
+    """One stream with the decoder's outputs recorded: (chunks, decodes, stats)."""
+    hifi = tts.model("hifidecoder")
+    decodes = []
+    real = hifi.inference
+
+    def spy(latents, g=None):
+        out = real(latents, g)
+        decodes.append(out.reshape(-1).clone())
+        return out
+
+    hifi.inference = spy
+    try:
+        stats = StreamStats()
+        chunks = list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))
+    finally:
+        del hifi.inference
+    return chunks, decodes, stats
+
+
+def test_chunks_arrive_on_schedule_and_add_up(run, tts):
+    chunks, decodes, stats = run
+    # decodes after 6 codes (first buffer), 11, and 16 (the end)
+    assert [d.numel() for d in decodes] == [decoded_length(n) for n in (6, 11, 16)]
+    assert len(chunks) == 3 and all(c.dim() == 1 and c.dtype == torch.float32 for c in chunks)
+    ol = SCHEDULE["overlap_wav_len"]
+    assert [c.numel() for c in chunks] == [decoded_length(6) - ol, decoded_length(11) - decoded_length(6),
+                                           decoded_length(16) - decoded_length(11) + ol]
+    assert sum(c.numel() for c in chunks) == decoded_length(16) == stats.samples
+    assert len(stats.codes) == 16 and not stats.stopped and stats.chunks == 3
+    assert stats.first_audio_s is not None and stats.first_audio_s > 0
+    r = tts.last_report
+    assert r.ar_steps == 16 and {"conditioning", "ar", "hifigan"} <= set(r.stages)
+    assert torch.isfinite(torch.cat(chunks)).all()
+
+
+def test_chunks_are_the_decodes_crossfaded(run):
+    chunks, decodes, _ = run
+    ol = SCHEDULE["overlap_wav_len"]
+    ramp = torch.linspace(0.0, 1.0, ol)
+    expected, pos = [], 0
+    for i, d in enumerate(decodes):
+        end = d.numel() if i == len(decodes) - 1 else d.numel() - ol
+        seg = d[pos:end].clone()
+        if i:
+            prev = decodes[i - 1]
+            seg[:ol] = prev[pos:pos + ol] * (1 - ramp) + d[pos:pos + ol] * ramp
+        expected.append(seg)
+        pos = end
+    for got, want in zip(chunks, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # at each joint the audio goes on from the previous chunk: no jump bigger than within the decodes
+    joined = torch.cat(chunks)
+    steps = (joined[1:] - joined[:-1]).abs()
+    # (the ramp itself adds at most |a - b| / (ol - 1) <= 2 / (ol - 1) per sample)
+    bound = max(float((d[1:] - d[:-1]).abs().max()) for d in decodes) + 2 / (ol - 1) + 1e-6
+    assert float(steps.max()) <= bound
+
+
+def test_crossfader_is_seamless_and_ramps_between_disagreeing_decodes():
+    signal = torch.sin(torch.arange(5000.0) / 37)
+    fader = Crossfader(overlap=256)
+    parts = [fader.push(signal[:2000]), fader.push(signal[:3500]), fader.push(signal, final=True)]
+    assert torch.allclose(torch.cat(parts), signal, atol=1e-6)  # decodes that agree: the signal itself
+    fader = Crossfader(overlap=100)
+    first = fader.push(torch.zeros(300))
+    fade = fader.push(torch.ones(600), final=True)
+    assert first.numel() == 200 and fade.numel() == 400
+    assert torch.allclose(fade[:100], torch.linspace(0, 1, 100)) and torch.all(fade[100:] == 1)
+    with pytest.raises(ValueError):
+        Crossfader(-1)
+
+
+def test_same_seed_same_audio(tts, run):
+    chunks, _, _ = run
+    again = list(tts.tts_stream(TEXT, seed=7, **SCHEDULE))
+    assert len(again) == len(chunks) and all(torch.equal(a, b) for a, b in zip(again, chunks))
+    stream = tts.tts_stream(TEXT, seed=8, **SCHEDULE)
+    other = next(stream)  # the first chunk is enough to differ
+    stream.close()
+    assert other.shape == chunks[0].shape and not torch.equal(other, chunks[0])
+
+
+def test_codes_and_latents_are_those_of_the_non_streaming_path(tts):
+    from tortoise_xpu.pipeline.sampling import SamplingSettings
+
+    hifi = tts.model("hifidecoder")
+    seen = []
+    real = hifi.inference
+    hifi.inference = lambda latents, g=None: seen.append(latents) or real(latents, g)
+    cond = (torch.randn(1, 64, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 128))
+    stats = StreamStats()
+    try:
+        audio = list(tts.tts_stream(TEXT, conditioning_latents=cond, seed=4, max_mel_tokens=20, stream_chunk_size=0,
+                                    stats=stats))
+    finally:
+        del hifi.inference
+    assert len(audio) == len(seen) == 1  # stream_chunk_size 0: everything at the end
+    n = len(stats.codes)
+    assert audio[0].numel() == decoded_length(n)
+    # the codes: tts()'s decode loop with one candidate and the same seed
+    text = tts.text_tokens(TEXT)
+    codes = tts.sample_codes(cond[0], text, 1, SamplingSettings(), 20, torch.Generator().manual_seed(4))
+    assert stats.codes == codes[0, :n].tolist()
+    # the latents: the teacher-forced pass over those codes (latent i predicts code i)
+    ar = tts.model("autoregressive")
+    with torch.no_grad():
+        forced = ar(cond[0], text, torch.tensor([text.shape[1]]), torch.tensor([stats.codes]),
+                    torch.tensor([n * ar.config.mel_length_compression]), return_latent=True, clip_inputs=False)
+    torch.testing.assert_close(seen[0].float(), forced.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_raises_at_the_call(tts):
+    with pytest.raises(UserError, match="bracket"):
+        tts.tts_stream("[sad] hello")  # redaction is on: a stream cannot cut played audio
+    with pytest.raises(UserError, match="unknown setting"):
+        tts.tts_stream("hello", diffusion_steps=3)
+    with pytest.raises(UserError, match="max_mel_tokens"):
+        tts.tts_stream("hello", max_mel_tokens=0)
+
+
+def test_cli_speak_stream_writes_the_wav(tiny_models_dir, tmp_path, capsys):
+    import soundfile as sf
+
+    from tortoise_xpu.cli import main
+
+    out = tmp_path / "s.wav"
+    rc = main(["speak", "Hi there.", "--stream", "--voice", "random", "--seed", "2", "--force-tokens", "12",
+               "--device", "cpu", "--models-dir", str(tiny_models_dir), "-o", str(out), "--json"])
+    assert rc == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["stream"] is True and summary["first_audio_s"] > 0 and "hifigan" in summary["stages"]
+    data, rate = sf.read(out)
+    assert rate == 24000 and data.shape[0] == decoded_length(12)
