@@ -276,3 +276,17 @@ def test_xpu_before_torch_2_8_takes_the_real_stft(tiny_models_dir, clip, monkeyp
         tts.get_conditioning_latents([clip])
     report = rec.report("xpu")
     assert report.ok, report.format_violations()
+
+
+def test_device_checks_run_on_a_present_backend():
+    # The CPU is always present: the same checks doctor runs on an XPU/DirectML/MPS device.
+    from tortoise_xpu.cli.doctor import device_checks
+
+    result = device_checks("cpu")
+    assert result["present"] is True
+    names = [c["check"] for c in result["checks"]]
+    assert names == ["matmul fp32", "autocast fp16", "autocast bf16", "SDPA", "STFT path"]
+    failed = [c for c in result["checks"] if not c["ok"]]
+    assert not failed, failed
+    assert all(c["ms"] is not None and c["ms"] >= 0 for c in result["checks"])
+    assert device_checks("directml")["present"] is False

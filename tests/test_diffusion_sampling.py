@@ -219,9 +219,17 @@ def test_seeds_and_generators(x_top):
     sample(lambda x, t, u: (seen.append(x.clone()) or torch.cat([x * 0, x * 0], 1), None), (1, 3, 16),
            sampler="ddim", steps=3, cond_free=False, temperature=0.5, generator=g)
     torch.testing.assert_close(seen[0], expected_start, atol=0, rtol=0)
-    # one draw for x_T only: ddim leaves the generator right after it
+    # x_T plus one (unused) draw per step, as the original's ddim_sample: the generator ends where its does
     replay = torch.Generator().manual_seed(9)
-    torch.randn(1, 3, 16, generator=replay)
+    for _ in range(1 + 3):
+        torch.randn(1, 3, 16, generator=replay)
+    assert torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=replay))
+    # p likewise draws at every step, the last one included (where the original masks it out)
+    g = torch.Generator().manual_seed(9)
+    sample(fn, (1, 3, 16), generator=g, **kw)
+    replay = torch.Generator().manual_seed(9)
+    for _ in range(1 + kw["steps"]):
+        torch.randn(1, 3, 16, generator=replay)
     assert torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=replay))
 
 

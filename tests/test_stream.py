@@ -141,6 +141,20 @@ def test_codes_and_latents_are_those_of_the_non_streaming_path(tts):
     torch.testing.assert_close(seen[0].float(), forced.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_voice_clips_give_the_ar_latent_and_draws_of_tts(tts):
+    from tortoise_xpu.pipeline.stream import _ar_voice_latent
+
+    # one clip longer than the 6 s AR window, so its crop is a random draw
+    clips = [torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1 for n in (140000, 30000)]
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ours = _ar_voice_latent(tts, clips, None, g1)
+    theirs, _ = tts.get_conditioning_latents(clips, generator=g2)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))  # same draws consumed
+    with pytest.raises(UserError, match="width"):
+        _ar_voice_latent(tts, None, torch.zeros(1, 65), g1)
+
+
 def test_bad_input_raises_at_the_call(tts):
     with pytest.raises(UserError, match="bracket"):
         tts.tts_stream("[sad] hello")  # redaction is on: a stream cannot cut played audio

@@ -90,3 +90,18 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: no permission to write in {existing}")
     return path
+
+
+def write_failure_reason(exc: BaseException, folder: str | os.PathLike, nbytes: int = 0) -> str:
+    """Why a writer that hides the OS error (libsndfile, torch's zip writer) failed: "no space left on
+    device" when the folder's disk is (nearly) full, else the writer's own message."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < nbytes + (1 << 20):
+        return f"no space left on device ({free:,} bytes free); free some space or write somewhere else"
+    text = " ".join(str(exc).split())
+    return text[:200] if text else f"write failed ({type(exc).__name__})"

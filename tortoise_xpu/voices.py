@@ -111,9 +111,9 @@ def save_latents(path: str | os.PathLike, ar: torch.Tensor, diffusion: torch.Ten
                        tmp)
         except RuntimeError as exc:  # torch's zip writer reports a full disk as "unexpected pos ..."
             from tortoise_xpu.errors import TortoiseError
+            from tortoise_xpu.fileio import write_failure_reason
 
-            raise TortoiseError(f"cannot write {path}: {' '.join(str(exc).split())[:160]} (is the disk full?)") \
-                from exc
+            raise TortoiseError(f"cannot write {path}: {write_failure_reason(exc, tmp.parent, 1 << 16)}") from exc
 
 
 def _from_folder(name: str, folder: Path) -> Voice:

@@ -5,9 +5,12 @@ full-size checkpoint from ``--full-size DIR``), makes its inputs once on the CPU
 generator, and runs its stages on a :class:`Target` (a device and a dtype), returning one
 :class:`Output` per stage.  The reference is the same ``run`` on the CPU in float32.
 
-Inputs are cast the way the pipeline casts them: floating tensors to the stage dtype, integer
-tensors (tokens, lengths) unchanged, diffusion timesteps kept in float32 (the model embeds them
-in float32), and each model cast whole with ``Module.to(dtype)`` as ``load_model(dtype=...)`` does.
+Models and inputs are placed the way the pipeline places them: each model cast whole with
+``Module.to(dtype)`` (``load_model(dtype=...)``), floating inputs cast to the stage dtype, integer
+tensors (tokens, lengths) unchanged, diffusion timesteps kept in float32 (the model embeds them in
+float32).  The exception is the pipeline's too: a model with ``layer_autocast_dtype`` (the
+diffusion decoder) keeps float32 weights and float32 inputs and autocasts its layers to a half
+dtype, where the backend can autocast to it.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ WEIGHT_SEED = 2024
 
 @dataclass(frozen=True)
 class Target:
-    """Where and in which dtype a stage runs."""
+    """Where and in which dtype a stage runs (``autocast``: the backend can autocast to ``dtype``)."""
 
     device: torch.device
     dtype: torch.dtype
+    autocast: bool = False
 
     def put(self, x: torch.Tensor) -> torch.Tensor:
         """A floating tensor moved and cast to the target; any other tensor only moved."""
@@ -45,6 +49,20 @@ class Target:
 
 
 CPU_FLOAT32 = Target(torch.device("cpu"), torch.float32)
+
+
+def uses_autocast(model: nn.Module, target: Target) -> bool:
+    """Whether the pipeline would run ``model`` with float32 weights under autocast on ``target``."""
+    return target.dtype != torch.float32 and target.autocast and hasattr(model, "layer_autocast_dtype")
+
+
+def place(model: nn.Module, target: Target) -> tuple[nn.Module, Target]:
+    """A copy of the CPU float32 ``model`` placed as the pipeline would, and the target of its inputs."""
+    if uses_autocast(model, target):
+        placed = copy.deepcopy(model).to(target.device).eval()
+        placed.layer_autocast_dtype = target.dtype
+        return placed, Target(target.device, torch.float32)
+    return target.model(model), target
 
 
 @dataclass
@@ -322,6 +340,6 @@ def build(case: Case, full_size_dir: Path | None) -> nn.Module:
 @torch.no_grad()
 def run(case: Case, model: nn.Module, inputs: dict[str, Any], target: Target) -> Outputs:
     """All stages of ``case`` on ``target`` (``model`` is the CPU float32 one; it is copied there)."""
-    placed = model if target == CPU_FLOAT32 else target.model(model)
+    placed, target = (model, target) if target == CPU_FLOAT32 else place(model, target)
     outputs = case.run(placed, inputs, target)
     return {k: Output(v.tensor.detach().float().cpu(), v.logits) for k, v in outputs.items()}

@@ -95,6 +95,12 @@ def full_size_dir(request: pytest.FixtureRequest) -> Path | None:
     return Path(value) if value else None
 
 
+def supports_autocast(backend, dtype: torch.dtype) -> bool:
+    """``backend.supports_autocast(dtype)`` (False on a Backend without that method)."""
+    probe = getattr(backend, "supports_autocast", None)
+    return bool(probe(dtype)) if probe is not None and dtype != torch.float32 else False
+
+
 def device_label(backend) -> str:
     """``cuda``, ``cuda:1``: how a column names the backend."""
     return backend.name if not backend.index else f"{backend.name}:{backend.index}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.parity.cases import Target, all_cases, run
-from tests.parity.conftest import check, setting_for
+from tests.parity.cases import Target, all_cases, run, uses_autocast
+from tests.parity.conftest import check, setting_for, supports_autocast
 
 CASES = all_cases()
 
@@ -21,9 +21,11 @@ CASES = all_cases()
 def test_model_stages(case, model_size, backend, dtype, reference, parity):
     model, inputs, ref = reference(case, model_size)
     setting = setting_for(backend, dtype, case.stage)
+    target = Target(backend.device, setting.dtype, autocast=supports_autocast(backend, setting.dtype))
     with setting.context():
-        out = run(case, model, inputs, Target(backend.device, setting.dtype))
+        out = run(case, model, inputs, target)
     prefix = case.name if model_size == "tiny" else f"{case.name}[full]"
+    note = "autocast" if uses_autocast(model, target) else ""
     assert set(out) == set(ref)
-    check([setting.measure(f"{prefix}/{stage}", o.tensor, ref[stage].tensor, o.logits) for stage, o in out.items()],
-          parity)
+    check([setting.measure(f"{prefix}/{stage}", o.tensor, ref[stage].tensor, o.logits, note=note)
+           for stage, o in out.items()], parity)

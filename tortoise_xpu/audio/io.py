@@ -159,7 +159,7 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 
     """
     import soundfile as sf
 
-    from tortoise_xpu.fileio import atomic_path
+    from tortoise_xpu.fileio import atomic_path, write_failure_reason
 
     data = wav.detach().float().cpu().numpy() if isinstance(wav, torch.Tensor) \
         else np.asarray(wav, dtype=np.float32)
@@ -181,18 +181,6 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 
         except OSError:
             raise  # atomic_path turns it into a one-line error
         except Exception as exc:  # soundfile.LibsndfileError: its message is often empty on a full disk
-            raise TortoiseError(f"cannot write {path}: {_write_failure(exc, tmp.parent, data.nbytes)}") from exc
+            raise TortoiseError(f"cannot write {path}: {write_failure_reason(exc, tmp.parent, data.nbytes)}") \
+                from exc
     return path
-
-
-def _write_failure(exc: Exception, folder: Path, nbytes: int) -> str:
-    """Why libsndfile could not write: its message, or 'no space left' when the disk is (nearly) full."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if free is not None and free < nbytes + (1 << 20):
-        return f"no space left on device ({free:,} bytes free); free some space or write somewhere else"
-    return _why(exc) if str(exc).strip() else f"libsndfile error ({type(exc).__name__})"

@@ -50,9 +50,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks, dtype_name
 
 __all__ = [
-    "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES", "Violation",
+    "AUDITED_BACKENDS", "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES", "Violation",
     "cpu_route", "current_route", "current_stage", "rules_for", "stage",
 ]
+
+#: The backends whose audit rules restrict something (``tortoise-xpu doctor --backend all``).
+AUDITED_BACKENDS: tuple[str, ...] = ("xpu", "directml", "mps")
 
 #: Stage name of ops run outside any ``stage()`` block.
 NO_STAGE = "other"

@@ -18,7 +18,7 @@ Conditioning-free (classifier-free) guidance, when on, needs the model's uncondi
 
 Random draws come from a CPU ``torch.Generator`` and are then moved to the device, so one seed gives
 one result on every backend (up to floating point).  The initial noise is ``randn * temperature``;
-the p sampler draws one further ``randn`` per step (none after the last), in the original's order,
+p and ddim draw one further ``randn`` per step (used by p except at its last step), in the original's order,
 so the original run with ``torch.manual_seed(s)`` and ours with ``Generator().manual_seed(s)`` use the
 same numbers.
 """
@@ -113,13 +113,17 @@ def _ancestral_or_ddim(model_fn: Denoiser, x: torch.Tensor, ancestral: bool, sch
         x0 = s("sqrt_recip_alphas_cumprod", i) * x - s("sqrt_recipm1_alphas_cumprod", i) * eps
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
+        # The original draws a noise tensor at every step (unused at the last step, and by DDIM);
+        # drawing it too leaves the generator where the original's is, so whatever draws next
+        # (the vocoder, the next candidate) gets the original's numbers for the same seed.
+        noise = _draw(x.shape, generator, x.device)
         if ancestral:
             mean = s("posterior_mean_coef1", i) * x0 + s("posterior_mean_coef2", i) * x
             if i > 0:
                 # variance value in [-1, 1] picks a log variance between the posterior's and beta's
                 frac = (var_value + 1) / 2
                 log_var = frac * s("log_betas", i) + (1 - frac) * s("posterior_log_variance_clipped", i)
-                x = mean + torch.exp(0.5 * log_var) * _draw(x.shape, generator, x.device)
+                x = mean + torch.exp(0.5 * log_var) * noise
             else:
                 x = mean
         else:

@@ -185,12 +185,54 @@ class TextToSpeech:
         if self.policy(self._candidates).resident:
             yield m
             return
-        m = self.backend.to_device(m)
+        shuttle = self._shuttle()
+        m = shuttle.to_device(m)
+        following = self._next_in_plan(name)
+        if following is not None and following != name:
+            shuttle.prefetch(self.model(following))  # overlaps with this stage where the backend has streams
         try:
             yield m
         finally:
-            self._models[name] = m.to("cpu")
+            shuttle.offload(m)  # drops the device copy: the host copy is kept, nothing is copied back
             self.backend.empty_cache()
+
+    # Models in the order the stages of ``tts`` use them (conditioning: AR then diffusion; sampling;
+    # ranking; latents; diffusion; vocoder): per-stage mode prefetches the next one during each stage.
+    _STAGE_PLAN = ("autoregressive", "diffusion", "autoregressive", "clvp", "autoregressive", "diffusion", "vocoder")
+
+    def _shuttle(self):
+        """The per-stage mover of models (backends/offload.py), made on first use."""
+        if getattr(self, "_model_shuttle", None) is None:
+            from tortoise_xpu.backends.offload import ModelShuttle
+
+            self._model_shuttle = ModelShuttle(self.backend)
+        return self._model_shuttle
+
+    def _next_in_plan(self, name: str) -> str | None:
+        """Advance the per-run stage plan past ``name``; the model the stage after it needs, if known."""
+        plan = getattr(self, "_plan", None)
+        if not plan or name not in plan:
+            return None
+        del plan[:plan.index(name) + 1]
+        return plan[0] if plan else None
+
+    def load_models(self, names: Sequence[str] | None = None, candidates: int | None = None) -> dict[str, float]:
+        """Load the models of a run now rather than lazily in their stages; returns seconds per model.
+
+        ``names`` default to the models every synthesis needs (autoregressive, clvp, diffusion,
+        vocoder); add ``rlg_auto``/``rlg_diffuser`` for random voices or ``cvvp`` for CVVP ranking.
+        ``candidates`` picks the policy (dtypes, residency) the run will use.  Benchmarks call this
+        so that model-load time is reported apart from synthesis.
+        """
+        if candidates is not None:
+            self._candidates = int(candidates)
+        times = {}
+        for name in names or ("autoregressive", "clvp", "diffusion", "vocoder"):
+            start = time.perf_counter()
+            self.model(name)
+            self.backend.synchronize()
+            times[name] = time.perf_counter() - start
+        return times
 
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -410,6 +452,7 @@ class TextToSpeech:
         policy = self.policy(num_samples)
         self.last_report = RunReport(seed=seed, candidates=num_samples, policy=policy.to_dict())
         self.backend.reset_peak_memory()
+        self._plan = list(self._STAGE_PLAN if voice_samples is not None else self._STAGE_PLAN[2:])
         gen = torch.Generator().manual_seed(seed)
 
         # The models read the whole text, brackets included (as the original); redaction cuts audio later.
@@ -481,11 +524,6 @@ class TextToSpeech:
                          steps=steps, cond_free=bool(s["cond_free"]), cond_free_k=float(s["cond_free_k"]),
                          generator=generator, temperature=float(s["diffusion_temperature"]),
                          device=self.device, progress=lambda d, t: self._report("diffusion", d, t))
-            if s["sampler"] == "p":
-                # The original's p_sample also draws noise at its last step (and masks it out); draw it
-                # too, so the generator then stands where the original's does and the vocoder and the
-                # next candidate get the original's noise for the same seed.
-                torch.randn(shape, generator=generator, dtype=torch.float32)
             return denormalize_mel(mel)[:, :, :length]
 
     # ------------------------------------------------------------------------------------ streaming
