@@ -228,3 +228,70 @@ def test_side_stream_orders_copies_before_use():
 
 def test_cpu_backend_has_no_graphs_or_streams():
     assert CPU.graph_runner() is None and CPU.graph() is None and CPU.side_stream() is None
+
+
+# ------------------------------------------------------------------------------ through TextToSpeech
+def test_pipeline_codes_do_not_depend_on_the_decode_mode(tiny_models_dir, monkeypatch):
+    from tortoise_xpu import TextToSpeech
+
+    cond = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
+    codes = {}
+    for mode in ("eager", "static"):
+        monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
+        tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=2)
+        codes[mode] = tts.sample_codes(cond, tts.text_tokens("decode modes"), 4, SamplingSettings(), 20,
+                                       torch.Generator().manual_seed(5))
+        assert tts._decoder().mode == mode
+    assert torch.equal(codes["eager"], codes["static"])
+
+
+def test_load_models_reports_seconds_per_model(tiny_models_dir):
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+    times = tts.load_models(candidates=4)
+    assert set(times) == {"autoregressive", "clvp", "diffusion", "vocoder"} and all(t >= 0 for t in times.values())
+    assert set(tts._models) >= set(times)
+
+
+# ------------------------------------------------------------------------------ backends/offload.py
+class MetaBackend:
+    """A backend whose 'device' is torch's meta device: moves are visible without an accelerator."""
+
+    device = torch.device("meta")
+    quirks = SimpleNamespace(non_blocking_copies=True)
+
+    def __init__(self, side=None):
+        self._side = side
+
+    def side_stream(self):
+        return self._side
+
+
+def test_shuttle_moves_weights_and_back_without_copying_back():
+    from tortoise_xpu.backends.offload import ModelShuttle
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shuttle = ModelShuttle(MetaBackend(), pin=False)
+    param = model[0].weight
+    shuttle.to_device(model)
+    assert all(t.is_meta for t in model.state_dict().values())
+    assert model[0].weight is param  # the same Parameter objects, new storage
+    shuttle.offload(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shuttle_prefetches_on_the_side_stream():
+    from tortoise_xpu.backends.offload import ModelShuttle
+
+    mod = FakeDeviceModule()
+    side = SideStream(mod, torch.device("meta"))
+    shuttle = ModelShuttle(MetaBackend(side), pin=False)
+    model = torch.nn.Linear(2, 2)
+    shuttle.prefetch(model)
+    assert mod.log[:2] == ["side.wait_stream", "enter side"] and "event.record" in mod.log
+    assert not model.weight.is_meta  # not swapped in until the stage asks for it
+    shuttle.to_device(model)
+    assert model.weight.is_meta and mod.log[-1] == "current.wait_event"

@@ -203,6 +203,8 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         "peak_memory_bytes": best["peak_memory_bytes"],
         "peak_rss_bytes": peak_rss_bytes(),
         "model_load_s": getattr(tts, "_bench_load_s", None),
+        # Tells full-size runs from tiny test models (421,526,786 for the official AR model).
+        "ar_parameters": sum(p.numel() for p in tts.model("autoregressive").parameters()),
         "runs": [{"total_s": r["total_s"], "stages": r["stages"]} for r in runs],
     }
 

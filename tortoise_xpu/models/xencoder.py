@@ -54,12 +54,22 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+        self.dim = dim
+        self.register_buffer("inv_freq", self._frequencies(dim, None))
+
+    @staticmethod
+    def _frequencies(dim: int, device: torch.device | None) -> torch.Tensor:
+        return 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each (seq_len, dim), for positions 0 .. seq_len-1."""
-        pos = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-        angles = torch.outer(pos, self.inv_freq)
+        """``(cos, sin)``, each (seq_len, dim), for positions 0 .. seq_len-1, computed in float32.
+
+        The angles are always float32, whatever dtype the model was cast to: bfloat16 cannot hold
+        positions above 256 exactly, and an angle of hundreds of radians would be off by whole radians.
+        The frequencies are the stored buffer's formula, recomputed so a cast buffer loses nothing.
+        """
+        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(pos, self._frequencies(self.dim, device))
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 

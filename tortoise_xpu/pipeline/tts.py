@@ -151,7 +151,7 @@ class TextToSpeech:
 
     def _stage_dtype(self, name: str) -> torch.dtype:
         stage = {"autoregressive": "ar", "clvp": "clvp", "cvvp": "clvp", "diffusion": "diffusion",
-                 "vocoder": "vocoder"}.get(name)
+                 "vocoder": "vocoder", "hifidecoder": "vocoder"}.get(name)
         return self.policy(self._candidates).dtype(stage) if stage else torch.float32
 
     _candidates = 16
