@@ -84,8 +84,8 @@ def load_latents(path: str | os.PathLike,
     except FileNotFoundError:
         raise UserError(f"latents file not found: {path}") from None
     except Exception as exc:  # unpickling refused or a corrupt file
-        raise UserError(f"{path} is not a valid latents file ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+        first = (str(exc).strip().splitlines() or ["empty or unreadable"])[0][:200]  # an empty file has no message
+        raise UserError(f"{path} is not a valid latents file ({type(exc).__name__}: {first})") from None
     want = dims or (AR_LATENT_DIM, DIFFUSION_LATENT_DIM)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
         raise UserError(f"{path} must hold a tuple (ar_latent (1, {want[0]}), "

@@ -380,22 +380,31 @@ class AuditReport:
         return counts
 
     def cpu_routes(self) -> list[dict[str, Any]]:
-        """Host work, grouped by its declared reason, with what running it on the device would break."""
+        """Host work, grouped by its declared reason.
+
+        ``avoids`` says, per backend (this one and every one in :data:`AUDITED_BACKENDS`), what
+        running that work on the device would break there (e.g. ``"dtype: float64"``,
+        ``"fallback: aten::cumprod"``): host tables are cached per process, so whichever audit
+        built them reports them for all.
+        """
+        rule_sets = [self.rules] + [rules_for(b) for b in AUDITED_BACKENDS if b != self.rules.backend]
         groups: dict[str, dict[str, Any]] = {}
         for rec in self.records:
             if rec.where != "host":
                 continue
             g = groups.setdefault(rec.route or UNDECLARED_ROUTE,
-                                  {"stages": [], "ops": Counter(), "locations": [], "avoids": []})
+                                  {"stages": [], "ops": Counter(), "locations": [], "avoids": {}})
             if rec.stage not in g["stages"]:
                 g["stages"].append(rec.stage)
             g["ops"][rec.op.split(".")[0]] += rec.count
             if rec.location and rec.location.split(" ")[0] not in [x.split(" ")[0] for x in g["locations"]]:
                 g["locations"].append(rec.location)
-            for kind, why in self.rules.problems(rec.op, rec.inputs + rec.outputs):
-                note = f"{kind}: {rec.op.split('.')[0] if kind != 'dtype' else why.split(' tensors')[0]}"
-                if note not in g["avoids"]:
-                    g["avoids"].append(note)
+            for rules in rule_sets:
+                for kind, why in rules.problems(rec.op, rec.inputs + rec.outputs):
+                    note = f"{kind}: {why.split(' tensors')[0] if kind == 'dtype' else rec.op.split('.')[0]}"
+                    notes = g["avoids"].setdefault(rules.backend, [])
+                    if note not in notes:
+                        notes.append(note)
         return [{"reason": reason, "stages": g["stages"], "count": sum(g["ops"].values()),
                  "ops": dict(g["ops"].most_common()), "locations": g["locations"], "avoids": g["avoids"]}
                 for reason, g in groups.items()]

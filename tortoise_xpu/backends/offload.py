@@ -34,10 +34,12 @@ def _slots(module: nn.Module) -> Iterator[tuple[dict, str]]:
 
 def _swap(table: dict, key: str, data: torch.Tensor) -> None:
     t = table[key]
-    if isinstance(t, nn.Parameter):
-        t.data = data  # keeps the Parameter object (and anything holding it) valid
-    else:
+    if not isinstance(t, nn.Parameter):
         table[key] = data
+    elif torch._has_compatible_shallow_copy_type(t, data):
+        t.data = data  # keeps the Parameter object (and anything holding it) valid, as Module.to does
+    else:  # e.g. to or from the meta device: a new Parameter, as Module.to does then too
+        table[key] = nn.Parameter(data, requires_grad=t.requires_grad)
 
 
 class ModelShuttle:

@@ -331,16 +331,20 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
             console.print(t)
 
     routes = Table(title="Deliberate CPU routes (host work by design; allowed)")
-    for col in ("reason", "stages", "ops", "keeps off the device (per backend)"):
+    for col in ("reason", "stages", "ops (most in one audit)", "keeps off the device (per backend)"):
         routes.add_column(col)
     merged: dict[str, dict[str, Any]] = {}
-    for name, b in backends.items():
+    for b in backends.values():
         for r in b["cpu_routes"]:
-            m = merged.setdefault(r["reason"], {"stages": r["stages"], "count": r["count"], "avoids": {}})
-            if r["avoids"]:
-                m["avoids"][name] = r["avoids"]
+            m = merged.setdefault(r["reason"], {"stages": [], "count": 0, "avoids": {}})
+            m["stages"] += [s for s in r["stages"] if s not in m["stages"]]
+            m["count"] = max(m["count"], r["count"])
+            for name, notes in r["avoids"].items():
+                if name in backends:
+                    m["avoids"].setdefault(name, [])
+                    m["avoids"][name] += [n for n in notes if n not in m["avoids"][name]]
     for reason, m in merged.items():
-        avoids = "; ".join(f"{n}: {', '.join(a)}" for n, a in m["avoids"].items()) or "-"
+        avoids = "; ".join(f"{n}: {', '.join(a)}" for n, a in sorted(m["avoids"].items())) or "-"
         routes.add_row(escape(reason), ", ".join(m["stages"]), f"{m['count']:,}", escape(avoids))
     console.print(routes)
 

@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,7 +68,8 @@ def load_state(path: str | os.PathLike) -> Any:
             raise ModelFileError(f"{name} was refused: it holds more than tensors ({detail}); loading it "
                                  f"could run code, so only plain weight files are accepted") from None
         raise ModelFileError(f"{name} is corrupt ({_first_line(exc)}); fetch it again") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
+    # Garbage makes the unpickler fail in many ways (IndexError, struct.error, ...): all mean a bad file.
+    except Exception as exc:  # noqa: BLE001
         raise ModelFileError(f"{name} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
                              f"fetch it again") from None
 

@@ -90,6 +90,9 @@ class VoiceBpeTokenizer:
         """Ids of ``text`` (cleaned first unless ``clean=False``), without start/stop tokens."""
         if clean:
             text = self.clean(text)
+        if not text.isascii():
+            # Lone surrogates (undecodable command-line bytes) cannot cross into the Rust tokenizer.
+            text = text.encode("utf-8", "ignore").decode("utf-8")
         return self._tok.encode(text.replace(" ", "[SPACE]")).ids
 
     def decode(self, ids: Iterable[int]) -> str:
