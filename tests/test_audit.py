@@ -237,8 +237,10 @@ def test_draws_reading_device_tensors_are_device_work():
     with Recorder() as rec:
         torch.randn(3, generator=g)
         torch.multinomial(torch.ones(5), 1, generator=g)
+        torch.randn(2)  # the device's own generator: reported, since one seed would not give one result
     report = rec.report("directml")
     assert [v.record.op for v in report.violations] == ["aten::multinomial.default"]
+    assert {r.op for r in report.device_random_draws()} == {"aten::multinomial.default", "aten::randn.default"}
 
 
 # ------------------------------------------------------------------------------------------ doctor

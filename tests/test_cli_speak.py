@@ -99,3 +99,21 @@ def test_unknown_voice_is_a_clean_error(tiny_models_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: unknown voice 'nobody'") and err.count("\n") == 1
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_voices_lists_clip_counts_and_seconds(tmp_path, capsys):
+    voices = tmp_path / "voices"
+    _voice(voices / "dora", n=2)
+    assert main(["voices", "-V", str(voices), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    dora = next(r for r in rows if r["name"] == "dora")
+    assert dora["clips"] == 2 and abs(dora["seconds"] - 3.0) < 0.01 and not dora["latents"]
+
+
+def test_detect_gives_a_probability(tiny_models_dir, tmp_path, capsys):
+    clip = tmp_path / "clip.wav"
+    t = np.arange(24000) / 24000
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 24000)
+    assert main(["detect", str(clip), "--models-dir", str(tiny_models_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["clip"] == str(clip) and 0.0 <= rows[0]["tortoise_probability"] <= 1.0

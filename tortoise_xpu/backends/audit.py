@@ -40,7 +40,7 @@ import contextlib
 import contextvars
 import os
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -50,8 +50,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks, dtype_name
 
 __all__ = [
-    "AUDITED_BACKENDS", "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES", "Violation",
-    "cpu_route", "current_route", "current_stage", "rules_for", "stage",
+    "AUDITED_BACKENDS", "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES",
+    "Violation", "cpu_route", "current_route", "current_stage", "rules_for", "stage",
 ]
 
 #: The backends whose audit rules restrict something (``tortoise-xpu doctor --backend all``).
@@ -437,18 +437,6 @@ class AuditReport:
                                     for r in self.device_random_draws()],
             "rules": self.rules.to_dict(),
         }
-
-
-def merge_records(*recorders: Recorder) -> list[OpRecord]:
-    """One record list from several recorders (counts of equal keys added)."""
-    merged: dict[tuple, OpRecord] = {}
-    for rec in recorders:
-        for key, r in rec.records.items():
-            if key in merged:
-                merged[key].count += r.count
-            else:
-                merged[key] = OpRecord(r.op, r.stage, r.where, r.route, r.inputs, r.outputs, r.count, r.location)
-    return list(merged.values())
 
 
 # ------------------------------------------------------------------------------------------ simulation

@@ -155,7 +155,7 @@ def device_checks(name: str) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     checks: list[dict[str, Any]] = []
 
-    def check(label: str, fn: Callable[[], tuple[bool, str]]) -> None:
+    def check(label: str, fn: Callable[[], tuple[bool, str, float]]) -> None:
         try:
             ok, detail, ms = fn()
             checks.append({"check": label, "ok": bool(ok), "ms": round(ms, 3), "detail": detail})
@@ -177,7 +177,8 @@ def device_checks(name: str) -> dict[str, Any]:
 
     for dtype, short in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
         if not backend.supports(dtype):
-            checks.append({"check": f"autocast {short}", "ok": True, "ms": None, "detail": "not supported here (skipped)"})
+            checks.append({"check": f"autocast {short}", "ok": True, "ms": None,
+                           "detail": "dtype not supported here (skipped)"})
             continue
 
         def autocast(dtype=dtype):
@@ -206,7 +207,8 @@ def device_checks(name: str) -> dict[str, Any]:
         qd, kd, vd = (backend.to_device(x.to(dt)) for x in (q, k, v))
         out, ms = _timed_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True), backend)
         err = _rel_err(out, want)
-        return err < (1e-4 if dt == torch.float32 else 3e-2), f"causal, {str(dt).replace('torch.', '')}, rel. err {err:.1e}", ms
+        tol = 1e-4 if dt == torch.float32 else 3e-2
+        return err < tol, f"causal, {str(dt).replace('torch.', '')} (the AR dtype), rel. err {err:.1e}", ms
 
     check("SDPA", sdpa)
 

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("voices", help="list the available voices",
                        description="List voice folders found in --voices-dir, $TORTOISE_XPU_VOICES and the user "
                                    "voices folder, with their clip counts and total duration.")
-    p.add_argument("--voices-dir", action="append", default=[], help="extra folder of voices (repeatable)")
+    p.add_argument("-V", "--voices-dir", action="append", default=[], help="extra folder of voices (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
