@@ -62,3 +62,28 @@ def preset_settings(preset: str, **overrides: Any) -> dict[str, Any]:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
+
+
+def resolve_settings(settings: Mapping[str, Any], force_tokens: int | None = None):
+    """Merge ``settings`` over the tts() defaults and check them for the AR stage.
+
+    Returns ``(settings dict, SamplingSettings, number of codes to generate)``; ``force_tokens``
+    (a benchmark knob) replaces ``max_mel_tokens``.  Raises UserError for unknown keys and bad values.
+    """
+    from tortoise_xpu.pipeline.sampling import SamplingSettings
+
+    unknown = set(settings) - set(TTS_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
+    s = {**TTS_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    max_tokens = int(force_tokens if force_tokens else s["max_mel_tokens"])
+    if not 1 <= max_tokens <= 600:
+        raise UserError(f"max_mel_tokens must be in 1..600, got {max_tokens}")
+    try:
+        sampling = SamplingSettings(temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
+                                    repetition_penalty=s["repetition_penalty"],
+                                    typical_sampling=s["typical_sampling"], typical_mass=s["typical_mass"],
+                                    length_penalty=s["length_penalty"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return s, sampling, max_tokens

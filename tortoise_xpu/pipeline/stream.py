@@ -26,14 +26,13 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
-from tortoise_xpu.pipeline.presets import TTS_DEFAULTS
+from tortoise_xpu.pipeline.decode import PROMPT_PLACEHOLDER_ID
+from tortoise_xpu.pipeline.presets import resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits, uniforms
 
 __all__ = ["tts_stream", "Crossfader", "StreamStats", "FIRST_BUFFER"]
 
 FIRST_BUFFER = 60  # codes before the first chunk at the least (the original's first_buffer)
-# Prompt ids HF's repetition penalty saw as already used in the original (placeholder 1, start token).
-_PROMPT_PLACEHOLDER_ID = 1
 
 
 @dataclass
@@ -132,22 +131,9 @@ def tts_stream(tts, text: str, voice_samples: Sequence[torch.Tensor] | None = No
         UserError: bad settings, or ``[bracketed]`` text while redaction is on (a stream cannot cut
             words it has already played; construct with ``enable_redaction=False`` to speak them).
     """
-    unknown = set(settings) - set(TTS_DEFAULTS)
-    if unknown:
-        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
-    s = {**TTS_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     if overlap_wav_len < 0 or first_buffer < 0:
         raise UserError("overlap_wav_len and first_buffer must be >= 0")
-    max_tokens = int(force_tokens if force_tokens else s["max_mel_tokens"])
-    if not 1 <= max_tokens <= 600:
-        raise UserError(f"max_mel_tokens must be in 1..600, got {max_tokens}")
-    try:
-        sampling = SamplingSettings(temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
-                                    repetition_penalty=s["repetition_penalty"],
-                                    typical_sampling=s["typical_sampling"], typical_mass=s["typical_mass"],
-                                    length_penalty=s["length_penalty"])
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    s, sampling, max_tokens = resolve_settings(settings, force_tokens)
     if tts.enable_redaction and ("[" in text or "]" in text):
         raise UserError("streaming cannot cut [bracketed] text from audio it has already played; remove the "
                         "brackets, or turn redaction off (--disable-redaction / enable_redaction=False) to speak them")
@@ -183,7 +169,7 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
                                  dtype=tts._stage_dtype("autoregressive"), device=dev)
             logits, hidden = ar.prefill(ar_latent, text_tokens.to(dev), cache)
             seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
-            seen[:, _PROMPT_PLACEHOLDER_ID] = True
+            seen[:, PROMPT_PLACEHOLDER_ID] = True
             seen[:, cfg.start_mel_token] = True
         latents: list[torch.Tensor] = []  # final-norm hidden state that produced each code, (1, D)
         tok = None

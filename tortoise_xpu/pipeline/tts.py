@@ -25,15 +25,11 @@ import torch
 from tortoise_xpu.backends.audit import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
-from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings
-from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits, uniforms
+from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
+from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
 SAMPLE_RATE = 24000
 AR_SAMPLE_RATE = 22050
-# Placeholder id of the prompt positions in the original's ``generate`` input; HF's repetition
-# penalty sees it (and the start token) as already used, so ours does too.
-PROMPT_PLACEHOLDER_ID = 1
-STOP_CHECK_EVERY = 16  # steps between the host checks for "every candidate has stopped"
 
 # Progress callback: (stage, done, total).
 Progress = Callable[[str, int, int], None]
@@ -406,10 +402,7 @@ class TextToSpeech:
         ``diffusion_temperature``, ``sampler``), defaulting to the original ``tts()`` defaults.
         ``force_tokens``: generate exactly this many codes, ignoring the stop token (benchmarks).
         """
-        unknown = set(settings) - set(TTS_DEFAULTS)
-        if unknown:
-            raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
-        s = {**TTS_DEFAULTS, **{k_: v for k_, v in settings.items() if v is not None}}
+        s, sampling, max_tokens = resolve_settings(settings, force_tokens)
         seed = seed if seed is not None else use_deterministic_seed
         seed = int(time.time()) if seed is None else int(seed)
         num_samples = int(s["num_autoregressive_samples"])
@@ -418,22 +411,12 @@ class TextToSpeech:
         if not 1 <= k <= num_samples:
             raise UserError(f"k (candidates returned) must be between 1 and num_autoregressive_samples "
                             f"({num_samples}), got {k}")
-        max_tokens = int(force_tokens if force_tokens else s["max_mel_tokens"])
-        if not 1 <= max_tokens <= 600:
-            raise UserError(f"max_mel_tokens must be in 1..600, got {max_tokens}")
         from tortoise_xpu.diffusion.samplers import SAMPLERS
 
         if s["sampler"] not in SAMPLERS:
             raise UserError(f"unknown sampler {s['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
         if s["sampler"] == "dpm++2m" and not s["cond_free"]:
             raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
-        try:
-            sampling = SamplingSettings(temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
-                                        repetition_penalty=s["repetition_penalty"],
-                                        typical_sampling=s["typical_sampling"], typical_mass=s["typical_mass"],
-                                        length_penalty=s["length_penalty"])
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
 
         from tortoise_xpu.text.split import parse_redaction
 
