@@ -163,9 +163,9 @@ def test_device_error_recognition():
 BOOK = " | ".join(f"Chunk {w} of the book." for w in "one two three four five six".split())
 
 
-def _book(tmp_path: Path) -> Path:
+def _book(tmp_path: Path, text: str = BOOK) -> Path:
     f = tmp_path / "book.txt"
-    f.write_text(BOOK, encoding="utf-8")
+    f.write_text(text, encoding="utf-8")
     return f
 
 
@@ -215,7 +215,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigint_during_read_and_a_second_run_at_once(tiny_models_dir, tmp_path, capsys, fake_synth):
     """A real `read` process: a second run on its folder is refused; SIGINT leaves it consistent."""
-    book, out = _book(tmp_path), tmp_path / "out"
+    n = 10  # at 0.3 s a chunk, the signal lands well before the end
+    words = "one two three four five six seven eight nine ten".split()  # no digits: inflect imports slowly
+    book, out = _book(tmp_path, " | ".join(f"Part {w} of ten." for w in words[:n])), tmp_path / "out"
     argv = ["read", str(book), "-o", str(out), "--models-dir", str(tiny_models_dir), "--device", "cpu", "-q",
             "--seed", "9"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -247,13 +249,13 @@ def test_sigint_during_read_and_a_second_run_at_once(tiny_models_dir, tmp_path, 
     assert "Traceback" not in stderr and _leftovers(out) == []  # lock released, no temp file
     manifest = json.loads((out / "manifest.json").read_text())
     done = [c for c in manifest["chunks"] if c["status"] == "done"]
-    assert 2 <= len(done) < 6
+    assert 2 <= len(done) < n
     hashes = {c["file"]: c["sha256"] for c in done}
     assert all(_sha(out / f) == h for f, h in hashes.items())
     assert sorted(p.name for p in out.glob("chunk_*.wav")) == sorted(hashes)  # no partial chunk
     code, _, err = run_cli(argv, capsys)  # resume in this process
     assert code == 0, err
-    assert len(fake_synth) == 6 - len(done)
+    assert len(fake_synth) == n - len(done)
     assert all(_sha(out / f) == h for f, h in hashes.items())
     assert (out / "combined.wav").exists()
 
@@ -404,10 +406,8 @@ def test_docs_errors_md_is_the_case_table():
 def test_every_case_has_a_test():
     sources = "".join((REPO / "tests" / f).read_text(encoding="utf-8") for f in (
         "test_errors_text.py", "test_errors_audio.py", "test_errors_assets.py", "test_errors_runtime.py"))
-    audio_bad = ("audio.zero_length", "audio.corrupt_header", "audio.not_audio", "audio.silent", "audio.nan_inf")
     untested = [cid for cid in CASES if f'"{cid}"' not in sources]
     assert untested == [], f"cases without a test: {untested}"
-    assert all(cid in CASES for cid in audio_bad)
 
 
 def test_every_issue_case_is_in_the_table():
