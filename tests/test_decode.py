@@ -293,3 +293,60 @@ def test_shuttle_prefetches_on_the_side_stream():
     assert not model.weight.is_meta  # not swapped in until the stage asks for it
     shuttle.to_device(model)
     assert model.weight.is_meta and mod.log[-1] == "current.wait_event"
+
+
+def test_compiled_static_step_traces_and_gives_the_eager_codes(ar):
+    """The torch.compile switch (traced by dynamo with the 'eager' backend: no C++ compiler needed)."""
+    from tortoise_xpu.pipeline.decode import compile_backend
+
+    assert compile_backend("1") == "inductor" and compile_backend("0") is None and compile_backend(None) is None
+    assert compile_backend("aot_eager") == "aot_eager"
+    _, _, u = _inputs(2, 12, seed=6)
+    eager, _ = _decode(ar, "eager", u, steps=12)
+    compiled, engine = _decode(ar, "static", u, steps=12, bucket=16, compile="eager")
+    assert engine.compile == "eager"
+    assert torch.equal(eager.codes, compiled.codes)
+
+
+def test_graph_mode_on_a_real_device(backend, ar):
+    """Where the backend captures graphs (CUDA, ROCm, XPU with graphs): replays give the static path's
+    codes bit for bit, and a second batch of the same shape reuses the captures."""
+    runner = backend.graph_runner()
+    if runner is None:
+        pytest.skip(f"{backend.name} has no device graphs here")
+    model = UnifiedVoice(ARConfig.tiny()).eval()
+    model.load_state_dict(ar.state_dict())
+    model = backend.to_device(model)
+    cond, text, u = _inputs(2, 30, seed=7)
+    cond, text = backend.to_device(cond), backend.to_device(text)
+    out = {}
+    with torch.no_grad():
+        for mode in ("static", "graph"):
+            engine = DecodeEngine(backend, mode=mode, bucket=8)
+            out[mode] = engine.decode(model, cond, text, u, SamplingSettings(), 30, True).codes.cpu()
+            if mode == "graph":
+                assert engine.mode == "graph" and engine.captures == 5
+                again = engine.decode(model, cond, text, u, SamplingSettings(), 30, True).codes.cpu()
+                assert engine.captures == 5 and torch.equal(again, out["graph"])
+    assert torch.equal(out["static"], out["graph"])
+
+
+def test_shuttle_on_a_real_device(backend):
+    """Per-stage residency where the backend has a side stream: prefetch, use, offload, use again."""
+    from tortoise_xpu.backends.offload import ModelShuttle
+
+    if backend.side_stream() is None:
+        pytest.skip(f"{backend.name} has no side stream here")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16)).eval()
+    x = torch.randn(4, 8)
+    want = model(x)
+    shuttle = ModelShuttle(backend)
+    for _ in range(2):
+        shuttle.prefetch(model)
+        shuttle.to_device(model)
+        with torch.no_grad():
+            got = model(backend.to_device(x)).cpu()
+        assert torch.allclose(got, want, atol=1e-5)
+        shuttle.offload(model)
+        assert next(model.parameters()).device.type == "cpu"

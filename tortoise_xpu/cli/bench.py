@@ -293,7 +293,7 @@ def comparison(new: dict, old: dict) -> list[tuple[str, float | None, float | No
     def add(name: str, o: Any, n: Any) -> None:
         if o is None and n is None:
             return
-        ratio = (o / n) if isinstance(o, (int, float)) and isinstance(n, (int, float)) and n else None
+        ratio = (o / n) if isinstance(o, (int, float)) and isinstance(n, (int, float)) and n and o else None
         rows.append((name, o, n, ratio))
 
     add("total_s", old.get("total_s"), new.get("total_s"))

@@ -24,7 +24,7 @@ Three modes, one set of semantics (same seed, same codes):
 
 ``TORTOISE_XPU_DECODE`` (eager, static or graph) forces a mode; ``TORTOISE_XPU_DECODE_BUCKET``
 sets the bucket length; ``TORTOISE_XPU_COMPILE=1`` wraps the static step in ``torch.compile``
-(off by default: measure it first, see docs/performance.md).
+(inductor; or name another backend) — off by default: measure it first (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -54,8 +54,15 @@ BUCKET_ENV = "TORTOISE_XPU_DECODE_BUCKET"
 COMPILE_ENV = "TORTOISE_XPU_COMPILE"
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def compile_backend(value: str | bool | None) -> str | None:
+    """The ``torch.compile`` backend a compile switch asks for: None (off), "inductor" for
+    1/true/yes/on/True, else the named backend (e.g. ``eager``, ``aot_eager`` to check tracing)."""
+    if value is None or value is False:
+        return None
+    text = "1" if value is True else str(value).strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return None
+    return "inductor" if text in ("1", "true", "yes", "on") else text
 
 
 def choose_mode(graphs: bool, has_runner: bool, forced: str | None = None) -> str:
@@ -126,24 +133,26 @@ class DecodeEngine:
         graphs: whether the Policy asks for graph capture (``policy.graph_capture``).
         bucket: cache positions per static-path bucket (default ``$TORTOISE_XPU_DECODE_BUCKET`` or 64).
         stop_check_every: steps between the host checks for "every candidate has stopped".
-        compile: wrap the static step in ``torch.compile`` (default ``$TORTOISE_XPU_COMPILE``).
+        compile: wrap the static step in ``torch.compile``: True (inductor), a backend name, or
+            None for ``$TORTOISE_XPU_COMPILE`` (1 = inductor, or a backend name; unset = off).
         graph_runner: overrides ``backend.graph_runner()`` (tests pass a stand-in).
         progress: ``progress(done, total)`` after each step (host-side only, no sync).
     """
 
     def __init__(self, backend: Any, *, mode: str | None = None, graphs: bool = False, bucket: int | None = None,
-                 stop_check_every: int = STOP_CHECK_EVERY, compile: bool | None = None,
+                 stop_check_every: int = STOP_CHECK_EVERY, compile: bool | str | None = None,
                  graph_runner: Any = None, progress: Callable[[int, int], None] | None = None):
         self.backend = backend
         self.graphs_requested = bool(graphs)
+        forced = mode or os.environ.get(MODE_ENV, "").strip().lower() or None
         self.runner = graph_runner if graph_runner is not None else (
-            backend.graph_runner() if (graphs or mode == "graph") else None)
-        self.mode = choose_mode(graphs, self.runner is not None, mode)
+            backend.graph_runner() if (graphs or forced == "graph") else None)
+        self.mode = choose_mode(graphs, self.runner is not None, forced)
         self.bucket = int(bucket or os.environ.get(BUCKET_ENV) or DEFAULT_BUCKET)
         if self.bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {self.bucket}")
         self.stop_check_every = max(1, int(stop_check_every))
-        self.compile = _env_flag(COMPILE_ENV) if compile is None else bool(compile)
+        self.compile = compile_backend(os.environ.get(COMPILE_ENV) if compile is None else compile)
         self.progress = progress
         self._state: DecodeState | None = None
         #: Graph captures made so far (a new shape, model or setting captures again).
@@ -280,7 +289,8 @@ class DecodeEngine:
 
         fn: Callable[[], None] = step
         if self.compile and hasattr(torch, "compile"):
-            fn = torch.compile(step, dynamic=False)
+            # One compiled function per bucket: each has its own static shapes (and dynamo cache).
+            fn = torch.compile(step, backend=self.compile, dynamic=False)
         st.steps[length] = fn
         return fn
 
