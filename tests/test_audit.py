@@ -23,15 +23,6 @@ from tortoise_xpu.pipeline import PRESETS, TextToSpeech
 TARGETS = ("xpu", "directml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: one thread avoids oversubscribing a small CI runner; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return synthetic_voice_clip()

@@ -19,15 +19,6 @@ GOLDENS = Path(__file__).parent / "reference" / "goldens" / "ar"
 CASE_FILES = sorted(GOLDENS.glob("case_*.pt"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads and lose a lot to spinning on a busy CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-5)
 

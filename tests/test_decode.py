@@ -22,15 +22,6 @@ from tortoise_xpu.pipeline.sampling import SamplingSettings
 CPU = resolve("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a loaded machine OpenMP threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ar():
     torch.manual_seed(0)

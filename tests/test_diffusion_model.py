@@ -14,15 +14,6 @@ GOLDENS = os.path.join(os.path.dirname(__file__), "reference", "goldens", "diffu
 OFFICIAL_PARAMS = 292_334_380  # anchors.md §3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and oversubscribed CI runners lose a lot to them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def goldens():
     if not os.path.exists(GOLDENS):

@@ -35,15 +35,6 @@ KERNEL_GAIN = 0.1  # tests/reference/gen_vocoders.KERNEL_GAIN (condition_univnet
 pytestmark = pytest.mark.reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; one thread also fixes the reduction order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict:
     if not os.path.exists(GOLDEN):

@@ -71,18 +71,6 @@ def backend(request: pytest.FixtureRequest):
     return instance
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _few_threads(request: pytest.FixtureRequest):
-    """Tiny models gain nothing from intra-op threads and lose much to spinning on a busy CI box."""
-    if request.config.getoption("--full-size"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def parity(request: pytest.FixtureRequest) -> ParityResults:
     """Where tests record their measurements for the summary table."""

@@ -473,7 +473,11 @@ TYPICAL_DEVICES: Mapping[str, TypicalDevice] = {
 }
 
 
-class SimulatedBackend(Backend):
+# Imported here, not at the top: cpu.py imports this module for its AUDIT_RULES.
+from tortoise_xpu.backends.cpu import CPUBackend  # noqa: E402
+
+
+class SimulatedBackend(CPUBackend):
     """The host CPU standing in for another backend's device.
 
     Tensors live on the CPU, but the capabilities, quirks and memory are the target's (a
@@ -484,8 +488,6 @@ class SimulatedBackend(Backend):
     """
 
     name = "simulated"
-    device_type = "cpu"
-    indexed = False
 
     def __init__(self, target: str, capabilities: Capabilities | None = None, memory: MemoryInfo | None = None):
         from tortoise_xpu.backends import backend_class
@@ -504,13 +506,6 @@ class SimulatedBackend(Backend):
 
     def __repr__(self) -> str:
         return f"SimulatedBackend({self.target!r})"
-
-    def _probe(self) -> str | None:
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
 
     def device_names(self) -> list[str]:
         return [f"{self.label}, simulated on the CPU"]
