@@ -97,6 +97,10 @@ class TextToSpeech:
         self._mel_norms: torch.Tensor | None = None
         self._models: dict[str, torch.nn.Module] = {}
         self._policies: dict[int, Any] = {}
+        self._candidates = 16  # the candidate count of the current run; it selects the Policy
+        self._plan: list[str] = []  # models the rest of the current run will use, in order (prefetching)
+        self._model_shuttle = None  # per-stage model mover, made on first use
+        self._decode_engine = None  # AR decode engine, kept across runs for its buffers and graphs
         self.last_report = RunReport()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -114,7 +118,6 @@ class TextToSpeech:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from tortoise_xpu import assets
             from tortoise_xpu.text.tokenizer import VoiceBpeTokenizer
 
             self._tokenizer = VoiceBpeTokenizer(self._asset_path("tokenizer.json"),
@@ -150,14 +153,11 @@ class TextToSpeech:
                  "vocoder": "vocoder", "hifidecoder": "vocoder"}.get(name)
         return self.policy(self._candidates).dtype(stage) if stage else torch.float32
 
-    _candidates = 16
-
     def model(self, name: str) -> torch.nn.Module:
         """The loaded model ``name`` (registry names: autoregressive, clvp, diffusion, vocoder, ...)."""
         if name not in self._models:
-            from tortoise_xpu.models.loading import load_model
-
             from tortoise_xpu.models import registry
+            from tortoise_xpu.models.loading import load_model
 
             path = self._asset_path(registry.spec(name).file)
             dtype = self._stage_dtype(name)
@@ -198,7 +198,7 @@ class TextToSpeech:
 
     def _shuttle(self):
         """The per-stage mover of models (backends/offload.py), made on first use."""
-        if getattr(self, "_model_shuttle", None) is None:
+        if self._model_shuttle is None:
             from tortoise_xpu.backends.offload import ModelShuttle
 
             self._model_shuttle = ModelShuttle(self.backend)
@@ -206,8 +206,8 @@ class TextToSpeech:
 
     def _next_in_plan(self, name: str) -> str | None:
         """Advance the per-run stage plan past ``name``; the model the stage after it needs, if known."""
-        plan = getattr(self, "_plan", None)
-        if not plan or name not in plan:
+        plan = self._plan
+        if name not in plan:
             return None
         del plan[:plan.index(name) + 1]
         return plan[0] if plan else None
@@ -320,7 +320,7 @@ class TextToSpeech:
         from tortoise_xpu.pipeline.decode import DecodeEngine
 
         graphs = self.policy(self._candidates).graph_capture
-        engine = getattr(self, "_decode_engine", None)
+        engine = self._decode_engine
         if engine is None or engine.graphs_requested != graphs:
             engine = DecodeEngine(self.backend, graphs=graphs, progress=lambda d, t: self._report("ar", d, t))
             self._decode_engine = engine
