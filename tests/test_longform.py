@@ -91,3 +91,11 @@ def test_lock_refuses_second_run(tmp_path):
     save, load = _io()
     longform.read_chunks(CHUNKS, tmp_path, _synth([]), save, load, {}, 1)
     assert not os.path.exists(tmp_path / ".tortoise-xpu.lock")
+
+
+def test_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
+    with longform.FolderLock(tmp_path):
+        with pytest.raises(UserError, match="in use by another"):
+            with longform.FolderLock(tmp_path):
+                pass
+    assert not (tmp_path / ".tortoise-xpu.lock").exists()

@@ -68,7 +68,7 @@ class FolderLock:
                     pid = int(self.path.read_text().strip() or "0")
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
+                if pid and _pid_alive(pid):  # our own pid too: another thread or instance of this process
                     raise UserError(f"{self.path.parent} is in use by another tortoise-xpu run (pid {pid}); "
                                     f"wait for it to finish or remove {self.path} if it is not running") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
