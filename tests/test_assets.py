@@ -15,7 +15,6 @@ import pytest
 from tortoise_xpu import assets
 from tortoise_xpu.errors import ModelFileError, TortoiseError, UserError
 
-REF_DATA = Path("/work/ref/.venv/lib/python3.11/site-packages/tortoise/data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,10 +165,9 @@ def test_registry_lists_every_file():
     assert assets.ASSETS["tokenizer.json"].size == 4409 and assets.ASSETS["mel_norms.pth"].size == 1067
 
 
-@pytest.mark.skipif(not REF_DATA.is_dir(), reason="reference tortoise-tts venv not installed here")
-def test_data_checksums_are_those_of_the_shipped_files():
+def test_data_checksums_are_those_of_the_shipped_files(official_data):
     for name in ("tokenizer.json", "mel_norms.pth"):
-        data = (REF_DATA / name).read_bytes()
+        data = (official_data / name).read_bytes()
         assert len(data) == assets.ASSETS[name].size
         assert hashlib.sha256(data).hexdigest() == assets.ASSETS[name].sha256
 
@@ -349,10 +347,9 @@ def test_endpoint_and_revision_from_the_environment(server, tmp_path, monkeypatc
     assert assets.download("rlg_auto.pth", tmp_path, progress=False).read_bytes() == data
 
 
-@pytest.mark.skipif(not REF_DATA.is_dir(), reason="reference tortoise-tts venv not installed here")
-def test_data_files_download_and_verify(server, tmp_path, monkeypatch):
+def test_data_files_download_and_verify(official_data, server, tmp_path, monkeypatch):
     for name in ("tokenizer.json", "mel_norms.pth"):
-        server.routes[server.data_path(name)] = Route((REF_DATA / name).read_bytes())
+        server.routes[server.data_path(name)] = Route((official_data / name).read_bytes())
     monkeypatch.setenv(assets.ENV_DATA_ENDPOINT, server.url)
     for name in ("tokenizer", "mel_norms"):
         assets.download(name, tmp_path, progress=False)
