@@ -408,3 +408,32 @@ def test_full_size_files_written_by_the_original_load_strictly(file):
     for k, v in expected.items():
         assert torch.equal(got[k], v), k
     assert registry.checkpoint_parameter_count(file, model) == registry.SPECS[file].official_params
+
+
+def test_extra_keys_of_leniently_loaded_files_are_dropped_with_a_warning(tmp_path):
+    """autoregressive.pth / hifidecoder.pth: the original loads them with strict=False."""
+    import warnings
+
+    from tortoise_xpu.errors import ModelFileError
+    from tortoise_xpu.models import loading, registry
+
+    loading.write_random_weights(tmp_path, names=["autoregressive", "clvp2"], tiny=True, sha=False)
+    for name in ("autoregressive.pth", "clvp2.pth"):
+        raw = torch.load(tmp_path / name, weights_only=True)
+        raw["some_training_wrapper.extra"] = torch.zeros(3)
+        torch.save(raw, tmp_path / name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = loading.load_model("autoregressive", tmp_path)
+    assert any("some_training_wrapper.extra" in str(w.message) for w in caught)
+    assert "some_training_wrapper.extra" not in model.state_dict()
+    # files the original loads strictly stay strict
+    assert not registry.spec("clvp2").extra_keys_ignored
+    with pytest.raises(ModelFileError, match="unexpected"):
+        loading.load_model("clvp2", tmp_path)
+    # a missing key is an error even where extra ones are tolerated
+    raw = torch.load(tmp_path / "autoregressive.pth", weights_only=True)
+    del raw["final_norm.weight"]
+    torch.save(raw, tmp_path / "autoregressive.pth")
+    with pytest.raises(ModelFileError, match="missing"):
+        loading.load_model("autoregressive", tmp_path)

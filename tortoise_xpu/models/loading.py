@@ -203,6 +203,13 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
 
     model = registry.build(s.file, config, device="meta")
     report = check_state_dict(model, state)
+    if s.extra_keys_ignored and report.unexpected and not (report.missing or report.mismatched):
+        import warnings
+
+        warnings.warn(f"{file_path.name}: ignoring {report.summary()} that the network does not use "
+                      f"(the original loads this file with strict=False too)", stacklevel=2)
+        state = {k: v for k, v in state.items() if k not in set(report.unexpected)}
+        report = check_state_dict(model, state)
     if not report.ok:
         raise ModelFileError(_mismatch_message(file_path.name, s, report, raw))
 

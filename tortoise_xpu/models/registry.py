@@ -48,6 +48,10 @@ class ModelSpec:
     wrapper_key: str | None = None
     weight_norm: bool = False
     plain_weights: tuple[str, ...] = ()
+    #: The original loads this file with ``strict=False`` (autoregressive.pth, hifidecoder.pth): keys of
+    #: the file that the network does not have are dropped with a warning, as the original ignores
+    #: them.  Missing or mis-shaped keys are still errors (the original would run with random weights).
+    extra_keys_ignored: bool = False
     #: Overrides on top of the config class's ``tiny()`` so that the tiny models of every file fit
     #: together in one pipeline (latent widths, 100-band mels, 256-sample hop).
     tiny: tuple[tuple[str, Any], ...] = ()
@@ -73,7 +77,8 @@ _M = "tortoise_xpu.models."
 
 #: Every checkpoint file the package can load, keyed by file name.
 SPECS: dict[str, ModelSpec] = {s.file: s for s in (
-    ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig", 421_526_786),
+    ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig", 421_526_786,
+              extra_keys_ignored=True),
     ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig", 292_334_380),
     ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig", 243_846_145),
     ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig", 37_780_225),
@@ -88,7 +93,7 @@ SPECS: dict[str, ModelSpec] = {s.file: s for s in (
     ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig",
               15_224_002),
     ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig", 17_844_226,
-              weight_norm=True, plain_weights=("cond_layer.weight",),
+              weight_norm=True, plain_weights=("cond_layer.weight",), extra_keys_ignored=True,
               tiny=(("in_channels", 64), ("cond_channels", 64), ("upsample_factors", (8, 8, 4)),
                     ("upsample_kernel_sizes", (16, 16, 8)))),
 )}
