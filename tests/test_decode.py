@@ -341,3 +341,25 @@ def test_shuttle_on_a_real_device(backend):
         assert torch.allclose(got, want, atol=1e-5)
         shuttle.offload(model)
         assert next(model.parameters()).device.type == "cpu"
+
+
+class FailingGraphs(EagerGraphs):
+    """A graph runner whose capture fails with ``error``."""
+
+    def __init__(self, error: BaseException):
+        super().__init__()
+        self.error = error
+
+    def capture(self, fn, *, warmup: int = 2, restore=None):
+        raise self.error
+
+
+def test_capture_failure_falls_back_but_out_of_memory_goes_to_the_backoff(ar):
+    _, _, u = _inputs(2, 12, seed=5)
+    eager, _ = _decode(ar, "eager", u, steps=12)
+    with pytest.warns(RuntimeWarning, match="graph capture failed"):
+        fallback, engine = _decode(ar, "graph", u, steps=12, runner=FailingGraphs(RuntimeError("op not capturable")))
+    assert engine.mode == "static" and torch.equal(fallback.codes, eager.codes)
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _decode(ar, "graph", u, steps=12, runner=FailingGraphs(oom))

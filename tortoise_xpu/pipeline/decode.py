@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 
+from tortoise_xpu.backends.oom import is_oom_error
 from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits
 
 __all__ = ["DecodeEngine", "DecodeResult", "DecodeState", "MODES", "bucket_length", "choose_mode"]
@@ -306,6 +307,9 @@ class DecodeEngine:
                 graph = self.runner.capture(fn, restore=lambda: st.restore(saved))
             except Exception as exc:  # an op that cannot be captured here: keep going without graphs
                 st.restore(saved)
+                cause = exc.__cause__ or exc.__context__
+                if is_oom_error(exc) or (cause is not None and is_oom_error(cause)):
+                    raise  # out of memory is the OOM back-off's to handle (halve the batch), not a capture limit
                 warnings.warn(f"decode-step graph capture failed ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]}); decoding without graphs", RuntimeWarning)
                 self.mode = "static"

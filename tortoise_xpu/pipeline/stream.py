@@ -166,7 +166,7 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
         stop = cfg.stop_mel_token
         with tts._timed("ar"), torch.no_grad():
             cache = ar.new_cache(1, ar.prompt_length(text_tokens.shape[1]) + max_tokens,
-                                 dtype=tts._stage_dtype("autoregressive"), device=dev)
+                                 dtype=next(ar.parameters()).dtype, device=dev)
             logits, hidden = ar.prefill(ar_latent, text_tokens.to(dev), cache)
             seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
             seen[:, PROMPT_PLACEHOLDER_ID] = True

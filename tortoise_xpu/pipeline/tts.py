@@ -15,6 +15,7 @@ backend (up to floating point).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,10 @@ class TextToSpeech:
         """The model on the device for one stage; in per-stage mode it goes back to the CPU afterwards."""
         m = self.model(name)
         if self.policy(self._candidates).resident:
+            # The policy is per candidate count: an earlier per-stage run may have left this model on
+            # the host (the shuttle points it back at its host copies), so bring it over when needed.
+            if any(t.device != self.device for t in itertools.islice(m.parameters(), 1)):
+                m = self.backend.to_device(m)
             yield m
             return
         shuttle = self._shuttle()
@@ -329,8 +334,10 @@ class TextToSpeech:
     def _decode_batch(self, ar, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor, s: SamplingSettings,
                       max_tokens: int, force: bool) -> torch.Tensor:
         """Sample ``u.shape[0]`` candidates; returns codes (B, max_tokens) padded with the stop token."""
+        # The cache must hold what the model computes (SDPA refuses mixed q/k dtypes): the weights'
+        # dtype, whatever loaded or cast the model, rather than what the policy would choose.
         result = self._decoder().decode(ar, cond, text, u, s, max_tokens, force,
-                                        cache_dtype=self._stage_dtype("autoregressive"))
+                                        cache_dtype=_weight_dtype(ar))
         self.last_report.ar_steps = max(self.last_report.ar_steps, result.steps)
         return result.codes
 
@@ -356,8 +363,10 @@ class TextToSpeech:
                 return list(codes.unbind(0))
 
             rows = run_with_backoff(work, list(range(num_samples)), policy.ar_batch_size, backend=self.backend)
-        if not policy.resident:
-            self._decoder().release()  # per-stage mode: the KV cache and graphs leave with the model
+            if not policy.resident:
+                # Per-stage mode: the KV cache and graphs leave with the model.  Dropped inside the
+                # block, so the empty_cache() on leaving it can hand their memory back to the driver.
+                self._decoder().release()
         return torch.stack(rows)
 
     # ------------------------------------------------------------------------------------ ranking
@@ -366,7 +375,9 @@ class TextToSpeech:
         """Scores (N,) of fixed candidates against the text, and the indices of the best ``k``."""
         scores = []
         with torch.no_grad():
-            if cvvp_amount < 1:
+            # Without voice clips (random voice, saved latents) CVVP has nothing to compare with:
+            # CLVP alone ranks, whatever cvvp_amount says (the original crashed on cvvp_amount=1 there).
+            if cvvp_amount < 1 or ar_mels is None:
                 with self._on_device("clvp") as clvp:
                     for i in range(0, codes.shape[0], batch):
                         chunk = codes[i:i + batch].to(self.device)
