@@ -31,3 +31,13 @@ def test_unknown_preset_and_setting():
         preset_settings("turbo")
     with pytest.raises(UserError, match="unknown setting"):
         preset_settings("fast", warp_speed=9)
+
+
+def test_resolve_settings_checks_ranges():
+    from tortoise_xpu.pipeline.presets import resolve_settings
+
+    s, sampling, n = resolve_settings({"temperature": 0.5, "top_k": None}, force_tokens=7)
+    assert n == 7 and sampling.temperature == 0.5 and sampling.top_k == 50 and s["max_mel_tokens"] == 500
+    for bad in ({"cvvp_amount": 1.5}, {"cvvp_amount": -0.1}, {"max_mel_tokens": 0}, {"top_p": 2.0}):
+        with pytest.raises(UserError):
+            resolve_settings(bad)

@@ -79,6 +79,8 @@ def resolve_settings(settings: Mapping[str, Any], force_tokens: int | None = Non
     max_tokens = int(force_tokens if force_tokens else s["max_mel_tokens"])
     if not 1 <= max_tokens <= 600:
         raise UserError(f"max_mel_tokens must be in 1..600, got {max_tokens}")
+    if not 0.0 <= float(s["cvvp_amount"]) <= 1.0:
+        raise UserError(f"cvvp_amount is the share of CVVP in the ranking, in [0, 1]; got {s['cvvp_amount']}")
     try:
         sampling = SamplingSettings(temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
                                     repetition_penalty=s["repetition_penalty"],
