@@ -101,6 +101,11 @@ def load_latents(path: str | os.PathLike,
     return ar, diff
 
 
+def average_latents(latents: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of several ``(ar, diffusion)`` latent pairs, per component (how ``a&b`` mixes voices)."""
+    return (torch.stack([a for a, _ in latents]).mean(0), torch.stack([d for _, d in latents]).mean(0))
+
+
 def save_latents(path: str | os.PathLike, ar: torch.Tensor, diffusion: torch.Tensor) -> None:
     """Write ``(ar, diffusion)`` latents atomically in the format ``load_latents`` reads."""
     from tortoise_xpu.fileio import atomic_path

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.cli.synth import build_tts
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.voices import load_voice_clips, resolve_voice, save_latents, voice_search_path
+    from tortoise_xpu.voices import (average_latents, load_voice_clips, resolve_voice, save_latents,
+                                     voice_search_path)
 
     dirs = voice_search_path(args.voices_dir)
     clips, latents = [], []
@@ -41,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if clips:
         wavs = load_voice_clips(clips, 22050)
         latents.append(tts.get_conditioning_latents(wavs, generator=torch.Generator().manual_seed(args.seed)))
-    ar = torch.stack([a for a, _ in latents]).mean(0)
-    diff = torch.stack([d for _, d in latents]).mean(0)
-    save_latents(args.output, ar, diff)
+    save_latents(args.output, *average_latents(latents))
     print(f"wrote {args.output} (from {len(clips)} clip(s){' and saved latents' if len(latents) > 1 else ''})",
           file=sys.stderr)
     return 0

@@ -67,7 +67,7 @@ def build_tts(args: argparse.Namespace, progress: StageProgress | None = None):
 
 def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str, Any]:
     """Keyword arguments for ``tts.tts`` for a voice spec: clips, latents, or nothing (random)."""
-    from tortoise_xpu.voices import load_voice_clips, resolve_voice, voice_search_path
+    from tortoise_xpu.voices import average_latents, load_voice_clips, resolve_voice, voice_search_path
 
     voice = resolve_voice(spec, voice_search_path(voices_dirs))
     if voice.random:
@@ -78,9 +78,7 @@ def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str,
         if not latents:
             return {"voice_samples": clips}
         latents.append(tts.get_conditioning_latents(clips, generator=torch.Generator().manual_seed(seed)))
-    ar = torch.stack([a for a, _ in latents]).mean(0)
-    diff = torch.stack([d for _, d in latents]).mean(0)
-    return {"conditioning_latents": (ar, diff)}
+    return {"conditioning_latents": average_latents(latents)}
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .xencoder import XEncoder, masked_mean
+from .xencoder import XEncoder, contrastive_loss, masked_mean
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,7 @@ class CLVP(nn.Module):
         scale = self.temperature.exp()
         if not return_loss:
             return (text_latents * speech_latents).sum(dim=-1) * scale
-        sim = text_latents @ speech_latents.t() * scale
-        labels = torch.arange(sim.shape[0], device=sim.device)
-        return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
+        return contrastive_loss(text_latents, speech_latents, scale)
 
     def score(self, text_tokens: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Rank candidates: the score of each row of ``codes`` (B, N) against its text, shape (B,).

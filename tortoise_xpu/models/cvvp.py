@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import AttentionBlock
-from .xencoder import XEncoder
+from .xencoder import XEncoder, contrastive_loss
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,7 @@ class CVVP(nn.Module):
         scale = self.temperature.exp()
         if not return_loss:
             return (cond * speech).sum(dim=-1) * scale
-        sim = cond @ speech.t() * scale
-        labels = torch.arange(sim.shape[0], device=sim.device)
-        return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
+        return contrastive_loss(cond, speech, scale)
 
     def score(self, cond_mels: torch.Tensor | Sequence[torch.Tensor], codes: torch.Tensor) -> torch.Tensor:
         """Rank candidates: each row of ``codes`` (B, N) scored against the voice, averaged over clips.

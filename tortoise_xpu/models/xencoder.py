@@ -195,3 +195,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     # masked_fill rather than a multiply: padded rows may hold anything, even non-finite values
     total = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)
     return total / mask.sum(dim=1, keepdim=True).to(x.dtype)
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss of matched rows of unit latents ``a`` and ``b`` (B, D) at logit ``scale``."""
+    sim = a @ b.t() * scale
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
