@@ -211,3 +211,49 @@ def test_tensor_position_decode_step_is_one_static_graph():
         eager, _ = model.decode_step(tokens, k, eager_cache)
         close(traced, eager)
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+# ------------------------------------------------------------------------------ weight-first linears
+
+@pytest.mark.parametrize("position_kind", ["int", "tensor"])
+@torch.no_grad()
+def test_weight_first_linears_match_the_originals_goldens(case, position_kind):
+    """The CPU's faster product order (Policy.ar_weight_first) changes rounding only: the goldens hold."""
+    model, golden = case
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.use_weight_first_linears(True)
+    try:
+        w = model.gpt.h[0].attn.c_attn.weight
+        assert w.t().is_contiguous() and not w.is_contiguous()  # re-laid out-major in memory...
+        after = model.state_dict()                               # ...with the same shapes and values
+        assert after.keys() == before.keys()
+        assert all(after[k].shape == v.shape and torch.equal(after[k], v) for k, v in before.items())
+        dec = golden["decode"]
+        codes, expected = dec["codes"], dec["step_logits"]
+        cache = model.new_cache(codes.shape[0], model.prompt_length(dec["text"].shape[1]) + codes.shape[1])
+        logits, _ = model.prefill(golden["cond_latent"], dec["text"], cache)
+        steps = [logits]
+        for k in range(1, codes.shape[1]):
+            pos = k if position_kind == "int" else torch.tensor(k)
+            steps.append(model.decode_step(codes[:, k - 1], pos, cache)[0])
+        close(torch.stack(steps), expected)
+        d = golden["tf"]
+        d = golden["latent"]
+        close(model(golden["cond_latent"], d["text"], d["text_lengths"], d["codes"], d["wav_lengths"],
+                    return_latent=True, clip_inputs=False), d["latents"])
+    finally:
+        model.use_weight_first_linears(False)
+    assert not model.gpt.h[0].mlp.c_fc.weight_first
+
+
+@torch.no_grad()
+def test_weight_first_state_dict_loads_into_a_default_model():
+    """A re-laid model's state dict is still the checkpoint layout: a fresh model loads it strictly."""
+    torch.manual_seed(0)
+    model = UnifiedVoice(ARConfig.tiny()).eval().use_weight_first_linears(True)
+    fresh = UnifiedVoice(ARConfig.tiny()).eval()
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    cond, text = torch.randn(1, 64), torch.randint(1, 255, (1, 6))
+    codes, wav = torch.randint(0, 8192, (1, 5)), torch.tensor([5 * 1024])
+    torch.testing.assert_close(model(cond, text, torch.tensor([6]), codes, wav)[1],
+                               fresh(cond, text, torch.tensor([6]), codes, wav)[1], atol=1e-5, rtol=1e-5)

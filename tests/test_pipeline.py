@@ -52,6 +52,19 @@ def test_batch_size_does_not_change_candidates(tiny_models_dir):
     assert torch.equal(gen(t1), gen(t4))
 
 
+def test_cpu_policy_loads_the_ar_model_with_weight_first_linears(tiny_models_dir):
+    """Policy.ar_weight_first reaches the model: its GPT-2 weights are laid out out-major at load."""
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+    assert tts.policy(16).ar_weight_first
+    ar = tts.model("autoregressive")
+    assert ar.weight_first and all(b.attn.c_attn.weight_first for b in ar.gpt.h)
+    assert ar.gpt.h[0].mlp.c_proj.weight.t().is_contiguous()
+    bf16 = TextToSpeech(models_dir=tiny_models_dir, device="cpu", dtype="bfloat16")
+    assert not bf16.policy(16).ar_weight_first and not bf16.model("autoregressive").weight_first
+
+
 @pytest.mark.parametrize("sampler,cond_free", [("p", True), ("ddim", False), ("ddim", True), ("dpm++2m", True)])
 def test_samplers_and_cond_free(tts, sampler, cond_free):
     wav = tts.tts("Sampler test.", seed=1, sampler=sampler, cond_free=cond_free, **FAST)

@@ -129,6 +129,14 @@ def test_kv_cache_and_graph_capture_overrides():
     assert sim_policy(SIM_BY_KEY["apple-m2"], graph_capture=True).graph_capture is False
 
 
+def test_weight_first_ar_linears_only_where_the_backend_says_and_in_float32():
+    cpu = sim_policy(SIM_BY_KEY["cpu"])
+    assert cpu.ar_weight_first and cpu.to_dict()["ar_weight_first"] is True
+    assert not sim_policy(SIM_BY_KEY["cpu"], dtype="bfloat16").ar_weight_first  # measured for sgemm only
+    assert not any(sim_policy(SIM_BY_KEY[k]).ar_weight_first for k in SIM_BY_KEY if k != "cpu")
+    assert policy_for(resolve("cpu"), candidates=16).ar_weight_first
+
+
 def test_overrides_from_cli_args():
     args = argparse.Namespace(device="auto", dtype="bfloat16", batch_size=4, low_vram=True, high_vram=False)
     assert overrides_from_args(args) == Overrides(dtype="bfloat16", batch_size=4, low_vram=True, high_vram=False)

@@ -468,7 +468,7 @@ TYPICAL_DEVICES: Mapping[str, TypicalDevice] = {
                           MemoryInfo(25_438_126_080, 24_900_000_000)),
     "cpu": TypicalDevice("the host CPU",
                          Capabilities("cpu", float16=True, bfloat16=True, float64=True, complex=True,
-                                      unified_memory=True, is_cpu=True),
+                                      unified_memory=True, is_cpu=True, weight_first_gemm=True),
                          MemoryInfo(16 * GiB, 12 * GiB)),
 }
 
@@ -500,7 +500,7 @@ class SimulatedBackend(CPUBackend):
         caps = capabilities or typical.capabilities
         self._caps = Capabilities(caps.backend, caps.float16, caps.bfloat16, caps.float64, caps.complex,
                                   graphs=False, unified_memory=caps.unified_memory, is_cpu=caps.is_cpu,
-                                  quirks=self._quirks)
+                                  weight_first_gemm=caps.weight_first_gemm, quirks=self._quirks)
         self._memory = memory if memory is not None else typical.memory
         self.label = typical.label if capabilities is None else f"{self.target} (given capabilities)"
 

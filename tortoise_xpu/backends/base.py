@@ -102,6 +102,10 @@ class Capabilities:
     unified_memory: bool = False
     #: The host CPU itself: no transfers at all, and float32 is the fast dtype.
     is_cpu: bool = False
+    #: Products with few rows (AR decoding: 16 rows against a 1024x3072 weight) run faster as
+    #: ``weight @ x.T`` with the weight stored out-major than as ``x @ weight.T``.  True for MKL's
+    #: float32 sgemm (the CPU: 1.6-2.1x at 16-32 rows, measured in docs/performance.md).
+    weight_first_gemm: bool = False
     quirks: Quirks = field(default_factory=Quirks)
 
     def supports(self, dtype: torch.dtype) -> bool:

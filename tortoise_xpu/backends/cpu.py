@@ -65,7 +65,8 @@ class CPUBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(backend=self.name, float16=True, bfloat16=True, float64=True, complex=True,
-                            graphs=False, unified_memory=True, is_cpu=True, quirks=self.quirks)
+                            graphs=False, unified_memory=True, is_cpu=True, weight_first_gemm=True,
+                            quirks=self.quirks)
 
     @property
     def quirks(self) -> Quirks:

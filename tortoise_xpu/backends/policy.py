@@ -183,6 +183,9 @@ class Policy:
     #: Compute STFT with complex tensors on the device (else a real-valued formulation).
     use_complex_stft: bool
     candidates: int = 16
+    #: Run the AR model's linear layers as ``weight @ x.T`` with out-major weights
+    #: (``UnifiedVoice.use_weight_first_linears``): faster decoding where the device's GEMM prefers it.
+    ar_weight_first: bool = False
     #: The memory budget the batch was sized from, and one AR sample's bytes.
     budget_bytes: int = 0
     per_sample_bytes: int = 0
@@ -209,6 +212,7 @@ class Policy:
             "kv_cache": self.kv_cache,
             "graph_capture": self.graph_capture,
             "use_complex_stft": self.use_complex_stft,
+            "ar_weight_first": self.ar_weight_first,
             "budget_bytes": self.budget_bytes,
             "per_sample_bytes": self.per_sample_bytes,
             "notes": list(self.notes),
@@ -352,11 +356,16 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
     if ov.graph_capture is not None:
         graphs = bool(ov.graph_capture) and caps.graphs and kv_cache
     use_complex_stft = caps.complex and not caps.quirks.needs_real_stft
+    # Measured for float32 only (MKL's sgemm); other dtypes take other kernels.
+    ar_weight_first = caps.weight_first_gemm and stage_dtypes["ar"] == torch.float32
+    if ar_weight_first:
+        notes.append("AR linear layers as weight @ x.T with out-major weights (faster few-row products here)")
 
     return Policy(
         ar_dtype=stage_dtypes["ar"], clvp_dtype=stage_dtypes["clvp"], diffusion_dtype=stage_dtypes["diffusion"],
         vocoder_dtype=stage_dtypes["vocoder"], ar_batch_size=batch, resident=resident, kv_cache=kv_cache,
-        graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates, budget_bytes=budget,
+        graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates,
+        ar_weight_first=ar_weight_first, budget_bytes=budget,
         per_sample_bytes=sample, notes=tuple(notes),
     )
 

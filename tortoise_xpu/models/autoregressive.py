@@ -128,8 +128,27 @@ class LearnedPositionEmbeddings(nn.Module):
 # GPT-2 (Hugging Face GPT2Model layout, no token/position embeddings of its own)
 # --------------------------------------------------------------------------------------------------
 
+def weight_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T + bias`` computed as ``(weight @ x.T + bias).T``; ``weight`` is (out, in).
+
+    Same numbers as ``F.linear`` up to float rounding, but MKL runs the few-row products of AR
+    decoding (16 rows at batch 16) 1.6-2.1x faster this way when ``weight`` is contiguous (out, in).
+    The result is a transposed view (no copy); every op downstream accepts it.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    y = torch.addmm(bias.unsqueeze(1), weight, rows.t()).t()
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Conv1D(nn.Module):
-    """GPT-2's linear layer: ``y = x @ weight + bias`` with ``weight`` stored (in, out)."""
+    """GPT-2's linear layer: ``y = x @ weight + bias`` with ``weight`` of shape (in, out).
+
+    ``weight_first`` (set by ``UnifiedVoice.use_weight_first_linears``) computes it with
+    :func:`weight_first_linear`; the weight then lives out-major in memory (a transposed view of an
+    (out, in) tensor) while its shape, and so the state dict, stays (in, out).
+    """
+
+    weight_first: bool = False
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -137,6 +156,8 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_first:
+            return weight_first_linear(x, self.weight.t(), self.bias)
         return F.linear(x, self.weight.t(), self.bias)
 
 
@@ -305,6 +326,7 @@ class UnifiedVoice(nn.Module):
         self.final_norm = nn.LayerNorm(c.model_dim)
         self.text_head = nn.Linear(c.model_dim, c.text_vocab)
         self.mel_head = nn.Linear(c.model_dim, c.number_mel_codes)
+        self.weight_first = False
         self._init_weights()
 
     @torch.no_grad()
@@ -326,6 +348,28 @@ class UnifiedVoice(nn.Module):
         (aliases of existing weights).  The original loads with ``strict=False`` and ignores them too.
         """
         return {k: v for k, v in raw.items() if not _IGNORED_CHECKPOINT_KEYS.match(k)}
+
+    @torch.no_grad()
+    def use_weight_first_linears(self, enabled: bool = True) -> "UnifiedVoice":
+        """Compute the GPT-2 linears and the mel head as ``weight @ x.T`` (or back to ``x @ weight.T``).
+
+        The Policy turns this on where the device's matrix product prefers it
+        (``Policy.ar_weight_first``: float32 on the CPU).  Enabling re-lays each GPT-2 weight out-major
+        in memory (one copy per weight, at load time); shapes, names and the state dict do not change,
+        and the outputs equal the default path's up to float rounding.
+        """
+        for m in self.gpt.modules():
+            if isinstance(m, Conv1D):
+                if enabled and not m.weight.t().is_contiguous():
+                    m.weight.data = m.weight.data.t().contiguous().t()
+                m.weight_first = enabled
+        self.weight_first = enabled
+        return self
+
+    def _mel_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.weight_first:
+            return weight_first_linear(hidden, self.mel_head.weight, self.mel_head.bias)
+        return self.mel_head(hidden)
 
     # ----------------------------------------------------------------------------- conditioning
     def get_conditioning(self, mels: torch.Tensor) -> torch.Tensor:
@@ -394,7 +438,7 @@ class UnifiedVoice(nn.Module):
         if return_latent:
             return mel_h[:, :-2]
         text_h = h[:, 1:1 + text_emb.shape[1]]
-        return self.text_head(text_h), self.mel_head(mel_h)
+        return self.text_head(text_h), self._mel_logits(mel_h)
 
     # ----------------------------------------------------------------------------- cached decoding
     @staticmethod
@@ -422,7 +466,7 @@ class UnifiedVoice(nn.Module):
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-position states (B, 1, D) after ln_f -> (mel logits (B, V), final-norm hidden (B, D))."""
         hidden = self.final_norm(x[:, -1])
-        return self.mel_head(hidden), hidden
+        return self._mel_logits(hidden), hidden
 
     def prefill(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor,
                 cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:

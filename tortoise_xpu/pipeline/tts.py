@@ -170,6 +170,8 @@ class TextToSpeech:
                 m.layer_autocast_dtype = dtype
             else:
                 m = load_model(name, self.models_dir, dtype=dtype, path=path)
+            if hasattr(m, "use_weight_first_linears"):
+                m.use_weight_first_linears(self.policy(self._candidates).ar_weight_first)
             if self.policy(self._candidates).resident:
                 m = self.backend.to_device(m)
             self._models[name] = m
