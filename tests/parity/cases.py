@@ -9,8 +9,9 @@ Models and inputs are placed the way the pipeline places them: each model cast w
 ``Module.to(dtype)`` (``load_model(dtype=...)``), floating inputs cast to the stage dtype, integer
 tensors (tokens, lengths) unchanged, diffusion timesteps kept in float32 (the model embeds them in
 float32).  The exception is the pipeline's too: a model with ``layer_autocast_dtype`` (the
-diffusion decoder) keeps float32 weights and float32 inputs and autocasts its layers to a half
-dtype, where the backend can autocast to it.
+diffusion decoder) takes float32 inputs and runs its main layers under autocast to a half dtype,
+where the backend can autocast to it (``use_layer_autocast``: those layers' conv/linear weights
+stored in the half dtype, everything else float32).
 """
 
 from __future__ import annotations
@@ -52,15 +53,14 @@ CPU_FLOAT32 = Target(torch.device("cpu"), torch.float32)
 
 
 def uses_autocast(model: nn.Module, target: Target) -> bool:
-    """Whether the pipeline would run ``model`` with float32 weights under autocast on ``target``."""
+    """Whether the pipeline would run ``model``'s layers under autocast on ``target`` (``use_layer_autocast``)."""
     return target.dtype != torch.float32 and target.autocast and hasattr(model, "layer_autocast_dtype")
 
 
 def place(model: nn.Module, target: Target) -> tuple[nn.Module, Target]:
     """A copy of the CPU float32 ``model`` placed as the pipeline would, and the target of its inputs."""
     if uses_autocast(model, target):
-        placed = copy.deepcopy(model).to(target.device).eval()
-        placed.layer_autocast_dtype = target.dtype
+        placed = copy.deepcopy(model).to(target.device).eval().use_layer_autocast(target.dtype)
         return placed, Target(target.device, torch.float32)
     return target.model(model), target
 

@@ -7,7 +7,9 @@ and the user's overrides.  No card names: the numbers decide.
 
 Memory model (all byte counts, derived from the official model shapes):
 
-* weights: each model's float32 bytes scaled to its stage dtype; with
+* weights: each model's float32 bytes scaled to its stage dtype (for the
+  diffusion decoder only the part that the autocast scheme stores in half,
+  :data:`DIFFUSION_HALF_FRACTION`); with
   ``resident`` every model stays on the device, otherwise only the model of
   the running stage is there (the AR model during AR sampling).
 * per AR sample: the preallocated KV cache, ``2 * layers * positions * dim``
@@ -63,6 +65,11 @@ OFFICIAL_MODEL_BYTES: Mapping[str, int] = MappingProxyType({
     "diffusion": 292_334_380 * 4,
     "vocoder": 14_865_506 * 4,
 })
+
+#: Part of the diffusion decoder's parameters held in the half dtype when its stage runs in half
+#: precision: the convolution/linear weights of its main layers after the first
+#: (``DiffusionTts.use_layer_autocast``); the rest stays float32, as in the original's use_fp16.
+DIFFUSION_HALF_FRACTION = 113_332_224 / 292_334_380
 
 #: Largest AR batch ever chosen: past it progress gets coarse and the per-step cache read grows
 #: with no throughput measured to gain (perf notes measured up to 64).
@@ -310,6 +317,8 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
     # memory
     def on_device(stage: str) -> int:
         scale = _itemsize(stage_dtypes[stage]) / 4 if stage in stage_dtypes else 1.0
+        if stage == "diffusion":
+            scale = 1 - DIFFUSION_HALF_FRACTION * (1 - scale)  # (a whole-model cast, DirectML's, is smaller)
         return int(model_bytes.get(stage, 0) * scale)
 
     all_models = sum(on_device(stage) for stage in model_bytes)

@@ -160,6 +160,24 @@ class DiffusionTts(nn.Module):
         """The checkpoint file is the plain state dict."""
         return raw
 
+    @torch.no_grad()
+    def use_layer_autocast(self, dtype: torch.dtype) -> "DiffusionTts":
+        """Half precision the original's ``use_fp16`` way, with the autocast weights stored in ``dtype``.
+
+        Every main layer but the first runs under ``torch.autocast(dtype)``; the rest of the network
+        (conditioning, step embedding, first layer, output) stays float32.  Autocast would round the
+        convolution and linear weights of those layers to ``dtype`` on every step; storing them
+        rounded once gives the same numbers (tests/test_diffusion_model.py checks bit equality) with
+        ~40 % of the weights at half size and no per-step casts.  Norms and position-bias tables
+        stay float32 (GroupNorm32 reads them in float32).  Not reversible: the dropped bits are gone.
+        """
+        self.layer_autocast_dtype = dtype
+        for layer in list(self.layers)[1:]:
+            for module in layer.modules():
+                if isinstance(module, (nn.Conv1d, nn.Linear)):
+                    module.to(dtype)
+        return self
+
     # ------------------------------------------------------------------ conditioning
     def get_conditioning(self, mels: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Voice latent from reference mels (B, n_clips, 100, T) or (B, 100, T) -> (B, 2C).

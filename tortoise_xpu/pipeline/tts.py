@@ -164,10 +164,9 @@ class TextToSpeech:
             dtype = self._stage_dtype(name)
             if hasattr(registry.spec(name).model_class(), "layer_autocast_dtype") and dtype != torch.float32 \
                     and self.backend.supports_autocast(dtype):
-                # The diffusion decoder keeps float32 weights and autocasts all but its first layer
-                # (the original's use_fp16 scheme): much closer to float32 than casting every weight.
-                m = load_model(name, self.models_dir, path=path)
-                m.layer_autocast_dtype = dtype
+                # The diffusion decoder autocasts all but its first layer (the original's use_fp16
+                # scheme): much closer to float32 than casting every weight.
+                m = load_model(name, self.models_dir, path=path).use_layer_autocast(dtype)
             else:
                 m = load_model(name, self.models_dir, dtype=dtype, path=path)
             if hasattr(m, "use_weight_first_linears"):
