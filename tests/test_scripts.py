@@ -31,7 +31,7 @@ needs_bash = pytest.mark.skipif(not HAVE_BASH, reason="needs bash on a POSIX sys
 def _shell_scripts() -> list[Path]:
     """Every bash script of the repository's script folders (by extension or shebang)."""
     found = []
-    for folder in ("scripts", "compile", "tests/data/fake_toolchain", ".ci"):
+    for folder in ("scripts", "compile", "benchmarks", "tests/data/fake_toolchain", ".ci"):
         for path in sorted((REPO / folder).glob("*")):
             if not path.is_file():
                 continue
