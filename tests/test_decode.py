@@ -70,6 +70,26 @@ def test_static_path_gives_the_eager_codes(ar, settings):
     assert eager.codes.shape == (3, 32) and (eager.codes != ar.config.stop_mel_token).all()
 
 
+@pytest.mark.parametrize("mode", ["eager", "static", "graph"])
+def test_iter_decode_keeps_the_hidden_state_behind_each_code(ar, mode):
+    """keep_hidden (streaming): state.hidden[:, i] is the latent of code i, the teacher-forced pass's,
+    in every mode (graph: written inside the captured step); iterating gives the same codes as decode()."""
+    cond, text, _ = _inputs(1, 1)
+    _, _, u = _inputs(2, 20, seed=3)
+    engine = DecodeEngine(CPU, mode=mode, bucket=8, graph_runner=EagerGraphs())
+    with torch.no_grad():
+        seen = []
+        for n, st in engine.iter_decode(ar, cond, text, u, SamplingSettings(), 20, True, keep_hidden=True):
+            seen.append(n)
+        codes, hidden = st.codes.clone(), st.hidden.clone()
+        forced = ar(cond.expand(2, -1), text.expand(2, -1), torch.full((2,), text.shape[1]), codes,
+                    torch.full((2,), 20 * ar.config.mel_length_compression), return_latent=True, clip_inputs=False)
+        plain, _ = _decode(ar, mode, u, steps=20, runner=EagerGraphs())
+    assert seen == list(range(1, 21))
+    assert torch.equal(codes, plain.codes)
+    torch.testing.assert_close(hidden, forced, atol=1e-4, rtol=1e-4)
+
+
 def test_graph_mode_replays_one_capture_per_bucket_and_reuses_them(ar):
     _, _, u = _inputs(2, 30, seed=2)
     eager, _ = _decode(ar, "eager", u, steps=30)

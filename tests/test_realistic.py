@@ -289,3 +289,40 @@ def test_read_combines_chunks_of_different_lengths(tts, tmp_path):
     want = torch.cat([made[c].reshape(-1) for c in chunks])
     assert combined.numel() == want.numel()
     assert torch.allclose(combined, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_stream_ends_at_the_stop_code_between_its_reads(tts, mode, monkeypatch):
+    """The stream reads codes back every 16 steps or per chunk, so the device runs past a stop: those
+    steps are dropped, and codes, latents and audio end exactly at the stop code, in every decode mode."""
+    from tortoise_xpu.pipeline.stream import StreamStats
+
+    monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
+    monkeypatch.setattr(tts, "_stream_engine", None)  # a fresh engine reads the mode
+    hifi = tts.model("hifidecoder")
+    cond = (torch.randn(1, 64, generator=torch.Generator().manual_seed(2)), torch.zeros(1, 128))
+    text = tts.text_tokens("Stop where the model stops.")
+    stopped_mid_block = 0
+    seen = []
+    real = hifi.inference
+    for seed in range(6):
+        stats = StreamStats()
+        hifi.inference = lambda latents, g=None: seen.append(latents) or real(latents, g)
+        try:
+            audio = list(tts.tts_stream("Stop where the model stops.", conditioning_latents=cond, seed=seed,
+                                        max_mel_tokens=MAX, stream_chunk_size=7, first_buffer=0, stats=stats))
+        finally:
+            del hifi.inference
+        assert tts._stream_engine.mode == mode
+        n = len(stats.codes)
+        assert tts.last_report.ar_steps == n
+        assert seen[-1].shape[1] == n  # the last vocoder pass saw one latent per kept code, no more
+        assert sum(a.numel() for a in audio) == stats.samples == int(int(4 * n) * 24000 / 22050) * 256
+        codes = tts.sample_codes(cond[0], text, 1, SamplingSettings(top_k=50), MAX,
+                                 torch.Generator().manual_seed(seed))[0].tolist()
+        if STOP in codes:
+            assert stats.stopped and stats.codes == codes[:codes.index(STOP) + 1]
+            stopped_mid_block += n % 7 != 0 and n % 16 != 0
+        else:
+            assert not stats.stopped and stats.codes == codes
+    assert stopped_mid_block  # the case this test is for happened

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -98,7 +98,8 @@ class DecodeState:
     the code being sampled next); ``seen`` (B, V) ids used so far (repetition penalty);
     ``done`` (B,) candidates that emitted the stop token; ``codes`` (B, T) the output;
     ``u`` (B, T) the pre-drawn uniforms; ``stop_bias`` (V,) 0, or -inf at the stop token when
-    the token count is forced.
+    the token count is forced; ``hidden`` (B, T, D) the final-norm hidden state that produced each
+    code (the AR latents; streaming vocoders read them), or None when not asked for.
     """
 
     key: tuple
@@ -112,6 +113,7 @@ class DecodeState:
     stop_bias: torch.Tensor
     settings: SamplingSettings
     stop_token: int
+    hidden: torch.Tensor | None = None
     views: dict[int, Any] = field(default_factory=dict)
     steps: dict[int, Callable[[], None]] = field(default_factory=dict)
     graphs: dict[int, Any] = field(default_factory=dict)
@@ -174,12 +176,59 @@ class DecodeEngine:
         codes, whatever the batch).  ``force`` bans the stop token (benchmarks).  Returns stop-padded
         codes (B, max_tokens) on the device and the number of steps run.
         """
+        n, st = 0, None
+        for n, st in self.iter_decode(ar, cond, text, u, settings, max_tokens, force, cache_dtype):
+            self._tick(n, max_tokens)
+            if self._should_stop(n, force, st.done):
+                break
+        # A copy: the buffer is overwritten by the next batch of this shape.
+        return DecodeResult(st.codes.clone(), n)
+
+    def iter_decode(self, ar: torch.nn.Module, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor,
+                    settings: SamplingSettings, max_tokens: int, force: bool = False,
+                    cache_dtype: torch.dtype | None = None,
+                    keep_hidden: bool = False) -> Iterator[tuple[int, DecodeState]]:
+        """:meth:`decode` one code at a time: yields ``(n, state)`` after each step, n = 1..max_tokens.
+
+        Nothing is read back to the host here: ``state.codes[:, :n]``, ``state.done`` and, with
+        ``keep_hidden``, ``state.hidden[:, :n]`` are device buffers that the caller reads when it
+        chooses (a streaming caller: once per chunk).  Stop iterating to end early.  The buffers
+        belong to the engine and are overwritten by its next decode of the same shape.
+        """
         cfg = ar.config
         if not 1 <= max_tokens <= cfg.mel_positions - 1:
             raise ValueError(f"max_tokens must be in 1..{cfg.mel_positions - 1}, got {max_tokens}")
+        b = u.shape[0]
+        dev = cond.device
+        prompt = ar.prompt_length(text.shape[1])
         if self.mode == "eager":
-            return self._decode_eager(ar, cond, text, u, settings, max_tokens, force, cache_dtype)
-        return self._decode_static(ar, cond, text, u, settings, max_tokens, force, cache_dtype)
+            # Slots for the prompt and every fed-back code; read up to the live slot, so no buckets.
+            cache_len = prompt + max_tokens
+            st = self._new_state(ar, None, b, cache_len, max_tokens, settings, force, cache_dtype, dev, keep_hidden)
+        else:
+            # Slots needed: the prompt, then one per fed-back code (the last code is never fed back).
+            cache_len = -(-(prompt + max_tokens - 1) // self.bucket) * self.bucket
+            st = self._state_for(ar, b, cache_len, max_tokens, settings, force, cache_dtype, dev, keep_hidden)
+        logits, hidden = ar.prefill(cond, text, st.cache)
+        for view in st.views.values():
+            view.prompt_len = st.cache.prompt_len
+        st.seen.copy_(self._initial_seen(b, st.seen.shape[1], cfg.start_mel_token, dev))
+        st.done.zero_()
+        st.codes.fill_(cfg.stop_mel_token)
+        st.u.copy_(u[:, :max_tokens].to(dev, torch.float32))
+        st.position.zero_()
+        self._record(st, logits, hidden)  # code 0, from the prompt's logits
+        n = 1
+        yield n, st
+        while n < max_tokens:
+            if self.mode == "eager":
+                logits, hidden = ar.decode_step(st.tokens, n, st.cache)
+                self._record(st, logits, hidden)
+            else:
+                live = prompt + n  # slots 0..prompt-1+n once code n-1 is written at slot prompt-1+n
+                self._run_bucket(ar, st, bucket_length(live, self.bucket, cache_len))
+            n += 1
+            yield n, st
 
     # ----------------------------------------------------------------------------- shared pieces
     @staticmethod
@@ -207,33 +256,6 @@ class DecodeEngine:
         seen[:, start_token] = True
         return seen
 
-    # ----------------------------------------------------------------------------- eager (int positions)
-    def _decode_eager(self, ar, cond, text, u, settings, max_tokens, force, cache_dtype) -> DecodeResult:
-        cfg = ar.config
-        b = u.shape[0]
-        dev = cond.device
-        prompt = ar.prompt_length(text.shape[1])
-        cache = ar.new_cache(b, prompt + max_tokens, dtype=cache_dtype, device=dev)
-        logits, _ = ar.prefill(cond, text, cache)
-        vocab = logits.shape[-1]
-        seen = self._initial_seen(b, vocab, cfg.start_mel_token, dev)
-        codes = torch.full((b, max_tokens), cfg.stop_mel_token, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        u = u.to(dev, torch.float32)
-        stop_bias = self._stop_bias(vocab, cfg.stop_mel_token, dev) if force else None
-        n = 0
-        while True:
-            tok = self._sample(logits, seen, done, u[:, n], stop_bias, settings, cfg.stop_mel_token)
-            codes[:, n] = tok
-            done |= tok == cfg.stop_mel_token
-            seen.scatter_(1, tok.unsqueeze(1), True)
-            n += 1
-            self._tick(n, max_tokens)
-            if n == max_tokens or self._should_stop(n, force, done):
-                break
-            logits, _ = ar.decode_step(tok, n, cache)
-        return DecodeResult(codes, n)
-
     @staticmethod
     def _stop_bias(vocab: int, stop_token: int, device: Any) -> torch.Tensor:
         bias = torch.zeros(vocab, dtype=torch.float32, device=device)
@@ -242,17 +264,23 @@ class DecodeEngine:
 
     # ----------------------------------------------------------------------------- static / graph
     def _state_for(self, ar, b: int, cache_len: int, max_tokens: int, settings: SamplingSettings, force: bool,
-                   cache_dtype: torch.dtype | None, device: Any) -> DecodeState:
+                   cache_dtype: torch.dtype | None, device: Any, keep_hidden: bool = False) -> DecodeState:
         """The buffers for this shape: reused when the shape, model weights and settings match."""
-        cfg = ar.config
         params = tuple(p.data_ptr() for p in ar.parameters())
-        key = (id(ar), hash(params), b, cache_len, max_tokens, settings, force, cache_dtype, str(device))
+        key = (id(ar), hash(params), b, cache_len, max_tokens, settings, force, cache_dtype, str(device), keep_hidden)
         if self._state is not None and self._state.key == key:
             return self._state
         self._state = None  # free the old shape's cache and graphs before allocating the new ones
+        self._state = self._new_state(ar, key, b, cache_len, max_tokens, settings, force, cache_dtype, device,
+                                      keep_hidden)
+        return self._state
+
+    def _new_state(self, ar, key: Any, b: int, cache_len: int, max_tokens: int, settings: SamplingSettings,
+                   force: bool, cache_dtype: torch.dtype | None, device: Any, keep_hidden: bool) -> DecodeState:
+        cfg = ar.config
         cache = ar.new_cache(b, cache_len, dtype=cache_dtype, device=device)
         vocab = cfg.number_mel_codes
-        self._state = DecodeState(
+        return DecodeState(
             key=key, cache=cache,
             tokens=torch.zeros(b, dtype=torch.long, device=device),
             position=torch.zeros((), dtype=torch.long, device=device),
@@ -262,12 +290,15 @@ class DecodeEngine:
             u=torch.zeros(b, max_tokens, dtype=torch.float32, device=device),
             stop_bias=(self._stop_bias(vocab, cfg.stop_mel_token, device) if force
                        else torch.zeros(vocab, dtype=torch.float32, device=device)),
-            settings=settings, stop_token=cfg.stop_mel_token)
-        return self._state
+            settings=settings, stop_token=cfg.stop_mel_token,
+            hidden=(torch.zeros(b, max_tokens, cfg.model_dim, dtype=cache.k.dtype, device=device)
+                    if keep_hidden else None))
 
-    def _record(self, st: DecodeState, logits: torch.Tensor) -> None:
+    def _record(self, st: DecodeState, logits: torch.Tensor, hidden: torch.Tensor | None = None) -> None:
         """Sample the code at ``st.position`` from ``logits`` and advance the state, all in place."""
         idx = st.position.reshape(1)
+        if st.hidden is not None and hidden is not None:
+            st.hidden.index_copy_(1, idx, hidden.unsqueeze(1).to(st.hidden.dtype))
         u = st.u.index_select(1, idx).squeeze(1)
         tok = self._sample(logits, st.seen, st.done, u, st.stop_bias, st.settings, st.stop_token)
         st.codes.index_copy_(1, idx, tok.unsqueeze(1))
@@ -285,8 +316,8 @@ class DecodeEngine:
         st.views[length] = view
 
         def step() -> None:
-            logits, _ = ar.decode_step(st.tokens, st.position, view)
-            self._record(st, logits)
+            logits, hidden = ar.decode_step(st.tokens, st.position, view)
+            self._record(st, logits, hidden)
 
         fn: Callable[[], None] = step
         if self.compile and hasattr(torch, "compile"):
@@ -318,30 +349,3 @@ class DecodeEngine:
             st.graphs[length] = graph
             self.captures += 1
         graph.replay()
-
-    def _decode_static(self, ar, cond, text, u, settings, max_tokens, force, cache_dtype) -> DecodeResult:
-        cfg = ar.config
-        b = u.shape[0]
-        dev = cond.device
-        prompt = ar.prompt_length(text.shape[1])
-        # Slots needed: the prompt, then one per fed-back code (the last code is never fed back).
-        cache_len = -(-(prompt + max_tokens - 1) // self.bucket) * self.bucket
-        st = self._state_for(ar, b, cache_len, max_tokens, settings, force, cache_dtype, dev)
-        logits, _ = ar.prefill(cond, text, st.cache)
-        for view in st.views.values():
-            view.prompt_len = st.cache.prompt_len
-        st.seen.copy_(self._initial_seen(b, st.seen.shape[1], cfg.start_mel_token, dev))
-        st.done.zero_()
-        st.codes.fill_(cfg.stop_mel_token)
-        st.u.copy_(u[:, :max_tokens].to(dev, torch.float32))
-        st.position.zero_()
-        self._record(st, logits)  # code 0, from the prompt's logits
-        n = 1
-        self._tick(n, max_tokens)
-        while n < max_tokens and not self._should_stop(n, force, st.done):
-            live = prompt + n  # slots 0..prompt-1+n once code n-1 is written at slot prompt-1+n
-            self._run_bucket(ar, st, bucket_length(live, self.bucket, cache_len))
-            n += 1
-            self._tick(n, max_tokens)
-        # A copy: the buffer is overwritten by the next batch of this shape.
-        return DecodeResult(st.codes.clone(), n)

@@ -1,7 +1,9 @@
 """Streaming speech: audio in chunks while the AR model is still sampling codes.
 
-The original's ``api_fast.TextToSpeech.tts_stream`` path, on our decode loop: one AR
-candidate (no CLVP ranking, no diffusion), and a HiFi-GAN decoder that turns the AR
+The original's ``api_fast.TextToSpeech.tts_stream`` path, on our decode engine: one AR
+candidate (no CLVP ranking, no diffusion) sampled by ``DecodeEngine.iter_decode`` (device graphs
+where the Policy has them; the codes are read back once per chunk or every ``STOP_CHECK_EVERY``
+codes, never per step, and steps run past the stop code are dropped), and a HiFi-GAN decoder that turns the AR
 model's final-norm hidden states straight into 24 kHz audio, conditioned on the 1024-d
 AR voice latent.  The decoder sees the *whole* latent sequence so far each time (its
 output near the end changes as more context arrives), so only the new part is emitted,
@@ -26,9 +28,9 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
-from tortoise_xpu.pipeline.decode import PROMPT_PLACEHOLDER_ID
+from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
 from tortoise_xpu.pipeline.presets import resolve_settings
-from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits, uniforms
+from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
 __all__ = ["tts_stream", "Crossfader", "StreamStats", "FIRST_BUFFER"]
 
@@ -158,49 +160,41 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
     dev = tts.device
     with tts._timed("conditioning"):
         ar_latent = _ar_voice_latent(tts, voice_samples, conditioning_latents, gen).to(dev)
-    u = uniforms(gen, max_tokens, 1).to(dev)  # the draws tts() makes for a single candidate
+    u = uniforms(gen, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
     fader = Crossfader(overlap)
     due = max(chunk_size, first_buffer) if chunk_size > 0 else None
+    engine = tts._stream_decoder()
+    n = 0  # codes sampled (the stop code included)
     with tts._on_device("autoregressive") as ar, tts._on_device("hifidecoder") as hifi:
-        cfg = ar.config
-        stop = cfg.stop_mel_token
-        with tts._timed("ar"), torch.no_grad():
-            cache = ar.new_cache(1, ar.prompt_length(text_tokens.shape[1]) + max_tokens,
-                                 dtype=next(ar.parameters()).dtype, device=dev)
-            logits, hidden = ar.prefill(ar_latent, text_tokens.to(dev), cache)
-            seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
-            seen[:, PROMPT_PLACEHOLDER_ID] = True
-            seen[:, cfg.start_mel_token] = True
-        latents: list[torch.Tensor] = []  # final-norm hidden state that produced each code, (1, D)
-        tok = None
-        pending = 0  # codes since the last decode
+        stop = ar.config.stop_mel_token
+        steps = engine.iter_decode(ar, ar_latent, text_tokens.to(dev), u, sampling, max_tokens, force,
+                                   cache_dtype=next(ar.parameters()).dtype, keep_hidden=True)
+        decoded = 0  # codes the last vocoder pass covered
         done = False
         while not done:
             with tts._timed("ar"), torch.no_grad():
+                # Up to the next chunk, reading the codes back every STOP_CHECK_EVERY steps only: the
+                # device runs ahead without a sync per code (graphs where the policy has them).
+                target = decoded + due if due is not None else max_tokens
                 while True:
-                    if tok is not None:
-                        logits, hidden = ar.decode_step(tok, len(latents), cache)
-                    logits = logits.float()
-                    if force:
-                        logits[:, stop] = float("-inf")
-                    tok = draw(process_logits(logits, seen, sampling), u[len(latents)])
-                    seen.scatter_(1, tok.unsqueeze(1), True)
-                    latents.append(hidden)
-                    code = int(tok)  # streaming decides per code whether to go on: one host sync a step
-                    stats.codes.append(code)
-                    pending += 1
-                    tts._report("ar", len(latents), max_tokens)
-                    if code == stop or len(latents) == max_tokens:
-                        stats.stopped = code == stop
-                        done = True
-                        break
-                    if due is not None and pending >= due:
+                    n, st = next(steps)
+                    tts._report("ar", n, max_tokens)
+                    if n < min(target, max_tokens) and n % STOP_CHECK_EVERY:
+                        continue
+                    codes = st.codes[0, len(stats.codes):n].tolist()
+                    if stop in codes:  # the steps run past the stop code are dropped
+                        codes = codes[:codes.index(stop) + 1]
+                    stats.codes.extend(codes)
+                    n = len(stats.codes)
+                    stats.stopped = bool(codes) and codes[-1] == stop
+                    done = stats.stopped or n == max_tokens
+                    if done or n >= target:
                         break
             with tts._timed("hifigan"), torch.no_grad():
-                seq = torch.stack(latents, dim=1).to(next(hifi.parameters()).dtype)  # (1, T, D)
+                seq = st.hidden[:, :n].to(next(hifi.parameters()).dtype)  # (1, n, D): the state behind each code
                 wav = hifi.inference(seq, g=ar_latent).float().reshape(-1)
                 chunk = fader.push(wav, final=done).cpu()
-            pending = 0
+            decoded = n
             due = chunk_size if chunk_size > 0 else None
             if chunk.numel():
                 if stats.first_audio_s is None:
@@ -209,5 +203,6 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
                 stats.samples += chunk.numel()
                 tts.last_report.audio_seconds = stats.samples / SAMPLE_RATE
                 yield chunk
-    tts.last_report.ar_steps = len(latents)
+        steps.close()
+    tts.last_report.ar_steps = n
     tts.last_report.peak_memory_bytes = tts.backend.peak_memory()

@@ -102,6 +102,7 @@ class TextToSpeech:
         self._plan: list[str] = []  # models the rest of the current run will use, in order (prefetching)
         self._model_shuttle = None  # per-stage model mover, made on first use
         self._decode_engine = None  # AR decode engine, kept across runs for its buffers and graphs
+        self._stream_engine = None  # the same for streaming (batch 1)
         self.last_report = RunReport()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -330,6 +331,17 @@ class TextToSpeech:
         if engine is None or engine.graphs_requested != graphs:
             engine = DecodeEngine(self.backend, graphs=graphs, progress=lambda d, t: self._report("ar", d, t))
             self._decode_engine = engine
+        return engine
+
+    def _stream_decoder(self):
+        """The decode engine of ``tts_stream`` (batch 1): its own, so a stream does not drop the
+        buffers and graphs that ``tts`` keeps for its candidate batch, nor the other way round."""
+        from tortoise_xpu.pipeline.decode import DecodeEngine
+
+        graphs = self.policy(1).graph_capture
+        engine = self._stream_engine
+        if engine is None or engine.graphs_requested != graphs:
+            engine = self._stream_engine = DecodeEngine(self.backend, graphs=graphs)
         return engine
 
     def _decode_batch(self, ar, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor, s: SamplingSettings,
