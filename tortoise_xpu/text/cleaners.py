@@ -56,9 +56,33 @@ _WHITESPACE_RE = re.compile(r"\s+")
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
+def _skip_typecheck(target=None, **_options):
+    """Stand-in for ``typeguard.typechecked``: returns the function as it is (also as a decorator factory)."""
+    return target if target is not None else (lambda fn: fn)
+
+
 @lru_cache(maxsize=1)
 def _inflect_engine():
-    # Built lazily: inflect's engine takes ~50 ms to construct and most CLI commands never need it.
+    # Built lazily: most CLI commands never need it.  inflect >= 7 decorates its methods with
+    # typeguard's @typechecked, which re-compiles each one from source at import: 4 s of CPU on a
+    # small machine for every `speak` with a digit in the text.  Those checks only turn a wrong
+    # argument type into TypeCheckError; _in_words passes digit strings and ints and already
+    # falls back on any refusal.  So inflect is imported with the decorator as a no-op.
+    import sys
+
+    if "inflect" not in sys.modules:
+        try:
+            import typeguard
+        except ImportError:  # older inflect releases do not use typeguard
+            typeguard = None
+        real = getattr(typeguard, "typechecked", None)
+        if real is not None:
+            typeguard.typechecked = _skip_typecheck
+        try:
+            import inflect  # noqa: F401
+        finally:
+            if real is not None:
+                typeguard.typechecked = real
     import inflect
 
     return inflect.engine()
