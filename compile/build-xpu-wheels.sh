@@ -90,29 +90,12 @@ comp_oneapi() {
     esac
 }
 
-say() { printf '%s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    local code=$1
-    shift
-    printf 'error: %s\n' "$*" >&2
-    exit "$code"
-}
-# The comment block at the top of this file is the help text.
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-# Quote a command line for display, so that it can be pasted into a shell.
-show_cmd() {
-    local out="" word
-    for word in "$@"; do
-        case "$word" in
-            # `*` stays bare: in the plan it stands for a file name known only after the build.
-            *[!A-Za-z0-9_./:=,+@%^*-]*|"") word="'${word//\'/\'\\\'\'}'" ;;
-        esac
-        out="$out${out:+ }$word"
-    done
-    printf '%s\n' "$out"
-}
+# say, warn, die, usage, show_cmd; `*` stays bare in shown commands: in the plan it stands for a file
+# name known only after the build.
+# shellcheck disable=SC2034  # read by show_cmd in scripts/lib.sh
+SHOW_CMD_BARE_STAR=1
+# shellcheck disable=SC1091  # scripts/lib.sh, checked on its own
+source "$REPO/scripts/lib.sh"
 
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
 vtag() { case "$1" in v*) echo "$1" ;; *) echo "v$1" ;; esac; }

@@ -30,28 +30,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BACKENDS="auto cpu cuda rocm xpu mps directml"
 
-say() { printf '%s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    local code=$1
-    shift
-    printf 'error: %s\n' "$*" >&2
-    exit "$code"
-}
-# The comment block at the top of this file is the help text.
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-# Quote a command line for display (words with shell-special characters in single quotes).
-show_cmd() {
-    local out="" word
-    for word in "$@"; do
-        case "$word" in
-            *[!A-Za-z0-9_./:=,+@%^-]*|"") word="'${word//\'/\'\\\'\'}'" ;;
-        esac
-        out="$out${out:+ }$word"
-    done
-    printf '%s\n' "$out"
-}
+# say, warn, die, usage, show_cmd
+# shellcheck disable=SC1091  # scripts/lib.sh, checked on its own
+source "$REPO/scripts/lib.sh"
 
 sha256_file() {
     if command -v sha256sum >/dev/null 2>&1; then

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reference.detweights import digest, fill_
+from tests.golden_cases import assert_max_abs, fill_like_the_original, load_cases
+from tests.reference.detweights import digest
 from tortoise_xpu.models.cvvp import CVVP, CVVPConfig
 
 GOLDEN = Path(__file__).parent / "reference" / "goldens" / "clvp" / "cvvp.pt"
@@ -15,21 +16,15 @@ ATOL = 1e-4
 
 
 def _cases() -> list[dict]:
-    if not GOLDEN.exists():  # pragma: no cover - the goldens are committed
-        pytest.skip(f"goldens missing: run tests/reference/gen_clvp.py ({GOLDEN})")
-    return torch.load(GOLDEN, weights_only=True)["cases"]
+    return load_cases(GOLDEN, "gen_clvp.py")
 
 
 def _build(case: dict) -> CVVP:
-    model = CVVP(CVVPConfig(**case["config"])).eval()
-    skip = [k for k in model.state_dict() if k.endswith("rotary_pos_emb.inv_freq")]
-    return fill_(model, case["seed"], skip=skip)
+    return fill_like_the_original(CVVP(CVVPConfig(**case["config"])), case["seed"])
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    assert ours.shape == ref.shape
-    err = (ours - ref).abs().max().item()
-    assert err <= ATOL, f"max abs diff {err:.3g} > {ATOL}"
+    assert_max_abs(ours, ref, ATOL)
 
 
 def test_official_parameter_count_and_names():
