@@ -181,3 +181,51 @@ def test_layer_autocast_runs_and_stays_close():
     with torch.no_grad():
         cast = model.to(torch.bfloat16)(x, t, aligned_conditioning=latents, conditioning_latent=cond)
     assert cast.dtype == torch.bfloat16 and (cast.float() - ref).abs().max() / ref.abs().max() < 0.1
+
+
+def _einsum_attention(qkv: torch.Tensor, heads: int, rel_pos) -> torch.Tensor:
+    """The original's QKVAttentionLegacy with relative position bias, written out (no mask)."""
+    b, width, t = qkv.shape
+    ch = width // (3 * heads)
+    q, k, v = qkv.reshape(b * heads, ch * 3, t).split(ch, dim=1)
+    w = torch.einsum("bct,bcs->bts", q * ch ** -0.25, k * ch ** -0.25)
+    n = torch.arange(t)[None, :] - torch.arange(t)[:, None]
+    buckets = torch.tensor([[rel_pos_bucket(int(d), rel_pos) for d in row] for row in n])
+    bias = rel_pos.relative_attention_bias(buckets).permute(2, 0, 1) * rel_pos.scale  # (H, T, T)
+    w = (w.reshape(b, heads, t, t) + bias).reshape(b * heads, t, t)
+    return torch.einsum("bts,bcs->bct", torch.softmax(w.float(), dim=-1), v).reshape(b, -1, t)
+
+
+def rel_pos_bucket(rel: int, rp) -> int:
+    """T5's bucket of one relative position (key - query), bidirectional, in plain Python."""
+    import math
+
+    n, half = -rel, rp.num_buckets // 2
+    ret = half if n < 0 else 0
+    n = abs(n)
+    exact = half // 2
+    if n < exact:
+        return ret + n
+    return ret + min(half - 1, exact + int(math.log(n / exact) / math.log(rp.max_distance / exact) * (half - exact)))
+
+
+@torch.no_grad()
+def test_unmasked_attention_is_the_originals_formula_and_shares_its_bucket_grid():
+    from tortoise_xpu.models.blocks import AttentionBlock, _bucket_grid, qkv_attention
+
+    torch.manual_seed(0)
+    blocks = [AttentionBlock(64, 4, relative_pos_embeddings=True) for _ in range(2)]
+    for block in blocks:
+        block.relative_pos_embeddings.relative_attention_bias.weight.normal_()
+    qkv = torch.randn(2, 3 * 64, 150)  # 150 frames: past max_distance 64, the log buckets are used
+    _bucket_grid.cache_clear()
+    for block in blocks:
+        rp = block.relative_pos_embeddings
+        torch.testing.assert_close(qkv_attention(qkv, 4, rel_pos=rp), _einsum_attention(qkv, 4, rp),
+                                   atol=1e-5, rtol=1e-5)
+    info = _bucket_grid.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # the second layer reused the first one's buckets
+    # the masked path (training, the original's multiply-after-softmax) is still the einsum form
+    ones = torch.ones(2, 150)
+    torch.testing.assert_close(qkv_attention(qkv, 4, ones, blocks[0].relative_pos_embeddings),
+                               _einsum_attention(qkv, 4, blocks[0].relative_pos_embeddings), atol=1e-5, rtol=1e-5)
