@@ -437,3 +437,20 @@ def test_extra_keys_of_leniently_loaded_files_are_dropped_with_a_warning(tmp_pat
     torch.save(raw, tmp_path / "autoregressive.pth")
     with pytest.raises(ModelFileError, match="missing"):
         loading.load_model("autoregressive", tmp_path)
+
+
+def test_building_every_network_on_meta_imports_no_compiler_and_cpu_builds_stay_random():
+    """load_model builds on the meta device: random fills there are skipped (they imported torch._dynamo,
+    ~2 s per process), while a real-device build still gets its random initialisation."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tortoise_xpu.models import registry\n"
+            "for f in registry.SPECS:\n    registry.build(f, device='meta')\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    from tortoise_xpu.models import registry
+
+    model = registry.build("rlg_auto.pth", "tiny", device="cpu")
+    assert model.layers[1].weight.std() > 1  # an EqualLinear: N(0, 1/lr_mul) with lr_mul 0.1, not left empty

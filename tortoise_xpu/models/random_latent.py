@@ -41,7 +41,9 @@ class EqualLinear(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, lr_mul: float = 1.0, negative_slope: float = 0.2):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        # N(0, 1/lr_mul) like the original's randn / lr_mul, without arithmetic on meta tensors
+        # (loading builds on the meta device, where a division imports torch._dynamo: ~1.6 s).
+        self.weight = nn.Parameter(nn.init.normal_(torch.empty(out_dim, in_dim), std=1.0 / lr_mul))
         self.bias = nn.Parameter(torch.zeros(out_dim))
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch import nn
 
 from tortoise_xpu.errors import UserError
@@ -120,8 +121,29 @@ def build(name: str, config: Any = None, device: str | torch.device | None = "me
         config = s.config(config or "official")
     cls = s.model_class()
     with torch.device(device) if device is not None else _null():
-        model = cls(config)
+        with _SkipRandomInitOnMeta() if device is not None and torch.device(device).type == "meta" else _null():
+            model = cls(config)
     return model.eval()
+
+
+class _SkipRandomInitOnMeta(TorchFunctionMode):
+    """Leaves meta tensors' random initialisation out while a network is built on the meta device.
+
+    There is nothing to fill on meta, and ``normal_`` or ``randn`` there go through decompositions that
+    import ``torch._dynamo`` on first use: ~2 s before the first checkpoint of every CLI run could load.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        random_fill = func in (torch.Tensor.normal_, torch.Tensor.uniform_) or \
+            getattr(func, "__module__", None) == "torch.nn.init"  # init.normal_, kaiming_uniform_, ...
+        kwargs = kwargs or {}
+        if func is torch.randn:  # a fresh random tensor (e.g. a learned embedding's start): an empty one
+            return torch.empty(*args, **kwargs)
+        if random_fill:
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
 
 
 class _null:

@@ -55,7 +55,10 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self.register_buffer("inv_freq", self._frequencies(dim, None))
+        # Computed on the CPU and moved to the ambient device (torch.device(...) context): on the meta
+        # device, where checkpoints are loaded, the arithmetic would import torch._dynamo (~2 s).
+        ambient = torch.empty(0).device
+        self.register_buffer("inv_freq", self._frequencies(dim, torch.device("cpu")).to(ambient))
 
     @staticmethod
     def _frequencies(dim: int, device: torch.device | None) -> torch.Tensor:
