@@ -117,7 +117,9 @@ def qkv_attention(qkv: torch.Tensor, n_heads: int, mask: torch.Tensor | None = N
     b, width, t = qkv.shape
     ch = width // (3 * n_heads)
     if mask is None:
-        q, k, v = qkv.reshape(b, n_heads, ch * 3, t).transpose(-1, -2).split(ch, dim=-1)  # (B, H, T, C)
+        # (B, H, T, 3C) made contiguous once, so q/k/v have unit-stride channels: fused kernels (the
+        # CPU's flash attention included) refuse anything else and fall back to the (T, T) math path.
+        q, k, v = qkv.reshape(b, n_heads, ch * 3, t).transpose(-1, -2).contiguous().split(ch, dim=-1)
         bias = rel_pos.bias(t, t, qkv.device, q.dtype) if rel_pos is not None else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=ch ** -0.5)
         return out.transpose(-1, -2).reshape(b, -1, t)
