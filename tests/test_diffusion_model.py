@@ -210,21 +210,24 @@ def rel_pos_bucket(rel: int, rp) -> int:
 
 
 @torch.no_grad()
-def test_unmasked_attention_is_the_originals_formula_and_shares_its_bucket_grid():
-    from tortoise_xpu.models.blocks import AttentionBlock, _bucket_grid, qkv_attention
+def test_unmasked_attention_is_the_originals_formula_with_a_toeplitz_bias():
+    from tortoise_xpu.models.blocks import AttentionBlock, qkv_attention
 
     torch.manual_seed(0)
     blocks = [AttentionBlock(64, 4, relative_pos_embeddings=True) for _ in range(2)]
     for block in blocks:
         block.relative_pos_embeddings.relative_attention_bias.weight.normal_()
     qkv = torch.randn(2, 3 * 64, 150)  # 150 frames: past max_distance 64, the log buckets are used
-    _bucket_grid.cache_clear()
     for block in blocks:
         rp = block.relative_pos_embeddings
         torch.testing.assert_close(qkv_attention(qkv, 4, rel_pos=rp), _einsum_attention(qkv, 4, rp),
                                    atol=1e-5, rtol=1e-5)
-    info = _bucket_grid.cache_info()
-    assert (info.misses, info.hits) == (1, 1)  # the second layer reused the first one's buckets
+    for i, j in ((1, 1), (7, 13), (13, 7)):  # the Toeplitz construction for non-square and 1x1 shapes
+        rp = blocks[0].relative_pos_embeddings
+        want = torch.tensor([[rel_pos_bucket(k - q, rp) for k in range(j)] for q in range(i)])
+        got = rp.bias(i, j, "cpu")
+        assert got.shape == (1, 4, i, j) and got.is_contiguous()
+        assert torch.equal(got[0], rp.relative_attention_bias(want).permute(2, 0, 1) * rp.scale)
     # the masked path (training, the original's multiply-after-softmax) is still the einsum form
     ones = torch.ones(2, 150)
     torch.testing.assert_close(qkv_attention(qkv, 4, ones, blocks[0].relative_pos_embeddings),
