@@ -147,3 +147,19 @@ def test_inference_length_noise_and_silence_padding():
         full = model(padded, z)
     torch.testing.assert_close(wav, full[:, :, : 6 * cfg.hop_length].clamp(-1, 1))
     assert math.prod(cfg.strides) == cfg.hop_length
+
+
+def test_reflect_conv_takes_float16_with_the_same_numbers():
+    """torch < 2.5 has no float16 reflect padding on the CPU: ReflectConv1d pads float16 in float32."""
+    from tortoise_xpu.models.vocoder import ReflectConv1d
+
+    torch.manual_seed(0)
+    conv = ReflectConv1d(8, 4, 7, padding=3, padding_mode="reflect")
+    plain = nn.Conv1d(8, 4, 7, padding=3, padding_mode="reflect")
+    plain.load_state_dict(conv.state_dict())  # the same parameters and names as nn.Conv1d
+    x = torch.randn(2, 8, 30)
+    assert torch.equal(conv(x), plain(x))
+    half = conv.half()(x.half())
+    reference = torch.nn.functional.conv1d(torch.nn.functional.pad(x.half().float(), (3, 3), mode="reflect").half(),
+                                           conv.weight, conv.bias)
+    assert half.dtype == torch.float16 and torch.equal(half, reference)

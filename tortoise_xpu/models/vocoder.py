@@ -146,6 +146,22 @@ class LVCBlock(nn.Module):
         return x
 
 
+class ReflectConv1d(nn.Conv1d):
+    """``nn.Conv1d`` with ``padding_mode="reflect"`` that also takes float16 input on torch < 2.5.
+
+    Those releases have no float16 ``reflection_pad1d`` kernel on the CPU (``--dtype float16`` on a
+    CPU would crash in the vocoder), so float16 input is padded in float32 and cast back: padding
+    only copies values, so the numbers are the same.  Parameters and state dict are Conv1d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float16:
+            return super().forward(x)
+        p = self.padding[0]
+        x = F.pad(x.float(), (p, p), mode=self.padding_mode).to(x.dtype)
+        return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class UnivNetGenerator(nn.Module):
     """Mel spectrogram (B, mels, L) + noise (B, noise_dim, L) → waveform (B, 1, L * hop)."""
 
@@ -159,9 +175,9 @@ class UnivNetGenerator(nn.Module):
             self.res_stack.append(LVCBlock(cfg.channel_size, cfg.n_mel_channels, stride, cfg.dilations,
                                            cfg.lReLU_slope, hop, cfg.kpnet_conv_size, cfg.kpnet_hidden_channels,
                                            cfg.lvc_kernel_size))
-        self.conv_pre = nn.Conv1d(cfg.noise_dim, cfg.channel_size, 7, padding=3, padding_mode="reflect")
+        self.conv_pre = ReflectConv1d(cfg.noise_dim, cfg.channel_size, 7, padding=3, padding_mode="reflect")
         self.conv_post = nn.Sequential(nn.LeakyReLU(cfg.lReLU_slope),
-                                       nn.Conv1d(cfg.channel_size, 1, 7, padding=3, padding_mode="reflect"),
+                                       ReflectConv1d(cfg.channel_size, 1, 7, padding=3, padding_mode="reflect"),
                                        nn.Tanh())
 
     @staticmethod
