@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tortoise_xpu.models.autoregressive import UnifiedVoice  # noqa: E402
 from tortoise_xpu.models.diffusion_decoder import DiffusionTts  # noqa: E402
@@ -43,8 +43,19 @@ def timed(fn, repeat: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    # The counter has formulas for the CUDA attention kernels only; the CPU's flash kernel does the
+    # same two products (q k^T, then weights v).
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """Floating-point operations of ``fn()``, attention included."""
+    mapping = {}
+    cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_flash is not None:
+        mapping[cpu_flash] = _cpu_sdpa_flops
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -65,6 +65,21 @@ def test_cpu_policy_loads_the_ar_model_with_weight_first_linears(tiny_models_dir
     assert not bf16.policy(16).ar_weight_first and not bf16.model("autoregressive").weight_first
 
 
+def test_half_precision_diffusion_runs_the_autocast_scheme(tiny_models_dir):
+    """At a half dtype the diffusion decoder keeps float32 edges and autocasts its main layers (the
+    original's use_fp16), with those layers' weights stored in the half dtype; the AR model is cast."""
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", dtype="bfloat16")
+    diffusion = tts.model("diffusion")
+    assert diffusion.layer_autocast_dtype == torch.bfloat16
+    assert diffusion.inp_block.weight.dtype == diffusion.layers[0].resblk.out_layers[3].weight.dtype == torch.float32
+    assert diffusion.layers[1].attn.qkv.weight.dtype == torch.bfloat16
+    assert next(tts.model("autoregressive").parameters()).dtype == torch.bfloat16
+    wav = tts.tts_with_preset("Half precision.", preset="ultra_fast", seed=2, **FAST)
+    assert wav.dtype == torch.float32 and torch.isfinite(wav).all()
+
+
 @pytest.mark.parametrize("sampler,cond_free", [("p", True), ("ddim", False), ("ddim", True), ("dpm++2m", True)])
 def test_samplers_and_cond_free(tts, sampler, cond_free):
     wav = tts.tts("Sampler test.", seed=1, sampler=sampler, cond_free=cond_free, **FAST)

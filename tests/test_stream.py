@@ -179,3 +179,25 @@ def test_cli_speak_stream_writes_the_wav(tiny_models_dir, tmp_path, capsys):
     assert summary["stream"] is True and summary["first_audio_s"] > 0 and "hifigan" in summary["stages"]
     data, rate = sf.read(out)
     assert rate == 24000 and data.shape[0] == decoded_length(12)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_interleaved_streams_and_a_reused_stats_object_give_the_audio_of_one_stream(tts, mode, monkeypatch):
+    """Two streams advanced in turn do not share decode buffers (a paused stream keeps its engine busy),
+    and a StreamStats that already holds codes does not shift what a stream reads back."""
+    monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
+    monkeypatch.setattr(tts, "_stream_engine", None)
+    alone = list(tts.tts_stream(TEXT, seed=7, **SCHEDULE))
+    a = tts.tts_stream(TEXT, seed=7, **SCHEDULE)
+    b = tts.tts_stream(TEXT, seed=7, **SCHEDULE)
+    got_a, got_b = [], []
+    for x, y in zip(a, b):
+        got_a.append(x)
+        got_b.append(y)
+    assert len(alone) == len(got_a) == len(got_b) == 3
+    assert all(torch.equal(x, c) and torch.equal(y, c) for x, y, c in zip(got_a, got_b, alone))
+    assert not tts._stream_engine.busy  # both finished: the shared engine is free again
+    stats = StreamStats()
+    list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))
+    again = list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))  # stats already holds 16 codes
+    assert len(again) == len(alone) and all(torch.equal(x, c) for x, c in zip(again, alone))

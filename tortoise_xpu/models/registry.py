@@ -137,8 +137,9 @@ class _SkipRandomInitOnMeta(TorchFunctionMode):
         random_fill = func in (torch.Tensor.normal_, torch.Tensor.uniform_) or \
             getattr(func, "__module__", None) == "torch.nn.init"  # init.normal_, kaiming_uniform_, ...
         kwargs = kwargs or {}
-        if func is torch.randn:  # a fresh random tensor (e.g. a learned embedding's start): an empty one
-            return torch.empty(*args, **kwargs)
+        if func is torch.randn and torch.device(kwargs.get("device") or "meta").type == "meta":
+            # a fresh random tensor on meta (e.g. a learned embedding's start): an empty one will do
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
         if random_fill:
             target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
             if isinstance(target, torch.Tensor) and target.is_meta:

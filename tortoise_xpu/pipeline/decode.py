@@ -158,8 +158,15 @@ class DecodeEngine:
         self.compile = compile_backend(os.environ.get(COMPILE_ENV) if compile is None else compile)
         self.progress = progress
         self._state: DecodeState | None = None
+        self._running = 0  # iter_decode generators started and not yet finished or closed
         #: Graph captures made so far (a new shape, model or setting captures again).
         self.captures = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while an :meth:`iter_decode` is suspended mid-run: its buffers are in use, and a
+        second decode of the same shape on this engine would overwrite them (use another engine)."""
+        return self._running > 0
 
     # ----------------------------------------------------------------------------- public
     def release(self) -> None:
@@ -177,10 +184,14 @@ class DecodeEngine:
         codes (B, max_tokens) on the device and the number of steps run.
         """
         n, st = 0, None
-        for n, st in self.iter_decode(ar, cond, text, u, settings, max_tokens, force, cache_dtype):
-            self._tick(n, max_tokens)
-            if self._should_stop(n, force, st.done):
-                break
+        steps = self.iter_decode(ar, cond, text, u, settings, max_tokens, force, cache_dtype)
+        try:
+            for n, st in steps:
+                self._tick(n, max_tokens)
+                if self._should_stop(n, force, st.done):
+                    break
+        finally:
+            steps.close()
         # A copy: the buffer is overwritten by the next batch of this shape.
         return DecodeResult(st.codes.clone(), n)
 
@@ -198,6 +209,17 @@ class DecodeEngine:
         cfg = ar.config
         if not 1 <= max_tokens <= cfg.mel_positions - 1:
             raise ValueError(f"max_tokens must be in 1..{cfg.mel_positions - 1}, got {max_tokens}")
+        if self.busy and self.mode != "eager":
+            raise RuntimeError("this DecodeEngine is already decoding (a suspended iter_decode); use another engine")
+        self._running += 1
+        try:
+            yield from self._steps(ar, cond, text, u, settings, max_tokens, force, cache_dtype, keep_hidden)
+        finally:
+            self._running -= 1
+
+    def _steps(self, ar, cond, text, u, settings, max_tokens, force, cache_dtype,
+               keep_hidden) -> Iterator[tuple[int, DecodeState]]:
+        cfg = ar.config
         b = u.shape[0]
         dev = cond.device
         prompt = ar.prompt_length(text.shape[1])

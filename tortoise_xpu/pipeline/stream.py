@@ -164,45 +164,50 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
     fader = Crossfader(overlap)
     due = max(chunk_size, first_buffer) if chunk_size > 0 else None
     engine = tts._stream_decoder()
-    n = 0  # codes sampled (the stop code included)
+    per_stage = not tts.policy(1).resident
+    n = 0  # codes kept (the stop code included)
     with tts._on_device("autoregressive") as ar, tts._on_device("hifidecoder") as hifi:
         stop = ar.config.stop_mel_token
         steps = engine.iter_decode(ar, ar_latent, text_tokens.to(dev), u, sampling, max_tokens, force,
                                    cache_dtype=next(ar.parameters()).dtype, keep_hidden=True)
         decoded = 0  # codes the last vocoder pass covered
         done = False
-        while not done:
-            with tts._timed("ar"), torch.no_grad():
-                # Up to the next chunk, reading the codes back every STOP_CHECK_EVERY steps only: the
-                # device runs ahead without a sync per code (graphs where the policy has them).
-                target = decoded + due if due is not None else max_tokens
-                while True:
-                    n, st = next(steps)
-                    tts._report("ar", n, max_tokens)
-                    if n < min(target, max_tokens) and n % STOP_CHECK_EVERY:
-                        continue
-                    codes = st.codes[0, len(stats.codes):n].tolist()
-                    if stop in codes:  # the steps run past the stop code are dropped
-                        codes = codes[:codes.index(stop) + 1]
-                    stats.codes.extend(codes)
-                    n = len(stats.codes)
-                    stats.stopped = bool(codes) and codes[-1] == stop
-                    done = stats.stopped or n == max_tokens
-                    if done or n >= target:
-                        break
-            with tts._timed("hifigan"), torch.no_grad():
-                seq = st.hidden[:, :n].to(next(hifi.parameters()).dtype)  # (1, n, D): the state behind each code
-                wav = hifi.inference(seq, g=ar_latent).float().reshape(-1)
-                chunk = fader.push(wav, final=done).cpu()
-            decoded = n
-            due = chunk_size if chunk_size > 0 else None
-            if chunk.numel():
-                if stats.first_audio_s is None:
-                    stats.first_audio_s = time.perf_counter() - started
-                stats.chunks += 1
-                stats.samples += chunk.numel()
-                tts.last_report.audio_seconds = stats.samples / SAMPLE_RATE
-                yield chunk
-        steps.close()
+        try:
+            while not done:
+                with tts._timed("ar"), torch.no_grad():
+                    # Up to the next chunk, reading the codes back every STOP_CHECK_EVERY steps only:
+                    # the device runs ahead without a sync per code (graphs where the policy has them).
+                    target = decoded + due if due is not None else max_tokens
+                    while True:
+                        ran, st = next(steps)
+                        tts._report("ar", ran, max_tokens)
+                        if ran < min(target, max_tokens) and ran % STOP_CHECK_EVERY:
+                            continue
+                        codes = st.codes[0, n:ran].tolist()
+                        if stop in codes:  # the steps run past the stop code are dropped
+                            codes = codes[:codes.index(stop) + 1]
+                        stats.codes.extend(codes)
+                        n += len(codes)
+                        stats.stopped = bool(codes) and codes[-1] == stop
+                        done = stats.stopped or n == max_tokens
+                        if done or n >= target:
+                            break
+                with tts._timed("hifigan"), torch.no_grad():
+                    seq = st.hidden[:, :n].to(next(hifi.parameters()).dtype)  # (1, n, D): the state behind each code
+                    wav = hifi.inference(seq, g=ar_latent).float().reshape(-1)
+                    chunk = fader.push(wav, final=done).cpu()
+                decoded = n
+                due = chunk_size if chunk_size > 0 else None
+                if chunk.numel():
+                    if stats.first_audio_s is None:
+                        stats.first_audio_s = time.perf_counter() - started
+                    stats.chunks += 1
+                    stats.samples += chunk.numel()
+                    tts.last_report.audio_seconds = stats.samples / SAMPLE_RATE
+                    yield chunk
+        finally:
+            steps.close()
+            if per_stage:
+                engine.release()  # per-stage mode: the KV cache and graphs leave with the model
     tts.last_report.ar_steps = n
     tts.last_report.peak_memory_bytes = tts.backend.peak_memory()

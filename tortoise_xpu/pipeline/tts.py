@@ -163,7 +163,7 @@ class TextToSpeech:
 
             path = self._asset_path(registry.spec(name).file)
             dtype = self._stage_dtype(name)
-            if hasattr(registry.spec(name).model_class(), "layer_autocast_dtype") and dtype != torch.float32 \
+            if hasattr(registry.spec(name).model_class(), "use_layer_autocast") and dtype != torch.float32 \
                     and self.backend.supports_autocast(dtype):
                 # The diffusion decoder autocasts all but its first layer (the original's use_fp16
                 # scheme): much closer to float32 than casting every weight.
@@ -335,11 +335,14 @@ class TextToSpeech:
 
     def _stream_decoder(self):
         """The decode engine of ``tts_stream`` (batch 1): its own, so a stream does not drop the
-        buffers and graphs that ``tts`` keeps for its candidate batch, nor the other way round."""
+        buffers and graphs that ``tts`` keeps for its candidate batch, nor the other way round.
+        While a stream is paused mid-way, another stream gets a private engine of its own."""
         from tortoise_xpu.pipeline.decode import DecodeEngine
 
         graphs = self.policy(1).graph_capture
         engine = self._stream_engine
+        if engine is not None and engine.busy:
+            return DecodeEngine(self.backend, graphs=graphs)
         if engine is None or engine.graphs_requested != graphs:
             engine = self._stream_engine = DecodeEngine(self.backend, graphs=graphs)
         return engine
