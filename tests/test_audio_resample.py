@@ -58,3 +58,16 @@ def test_bad_arguments():
         resample(torch.zeros(10), 0, 24000)
     with pytest.raises(TypeError, match="floating-point"):
         resample(torch.zeros(10, dtype=torch.int16), 22050, 24000)
+
+
+def test_rates_without_a_useful_common_divisor_are_refused_not_allocated():
+    """44101 -> 22050 Hz reduces to 44101:22050, a filter of terabytes: a clear error instead (a corrupt
+    WAV header can claim such a rate; tests/test_fuzz.py found it)."""
+    import pytest
+
+    from tortoise_xpu.audio.resample import resample
+
+    with pytest.raises(ValueError, match="44101 Hz to 22050 Hz"):
+        resample(torch.zeros(100), 44101, 22050)
+    for rate in (8000, 11025, 16000, 22000, 32000, 44100, 48000, 96000, 192000, 384000):
+        assert resample(torch.zeros(rate // 10), rate, 22050).shape[-1] == -(-22050 * (rate // 10) // rate)

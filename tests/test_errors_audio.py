@@ -219,3 +219,11 @@ def test_short_clip_is_refused_and_quiet_one_warned(tmp_path):
         warnings.simplefilter("always")
         load_audio(q, 22050)
     assert any("very quiet" in str(w.message) for w in caught)
+
+
+def test_an_odd_sample_rate_is_a_one_line_audio_error(tmp_path):
+    path = tmp_path / "odd.wav"
+    sf.write(path, (0.4 * np.sin(np.arange(44101 * 2) / 7)).astype(np.float32), 44101)
+    with pytest.raises(AudioError, match="cannot resample 44101 Hz") as info:
+        load_audio(path, 22050)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

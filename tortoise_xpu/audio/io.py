@@ -85,7 +85,10 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
         warnings.warn(f"{path}: only the first {max_seconds:g} s of {total / rate:.0f} s are used",
                       AudioWarning, stacklevel=2)
     if rate != sampling_rate:
-        samples = resample(samples, rate, sampling_rate)
+        try:
+            samples = resample(samples, rate, sampling_rate)
+        except ValueError as exc:  # an odd or corrupt sample rate in the header
+            raise AudioError(f"{path}: {exc}") from None
     return samples.clamp_(-1.0, 1.0).unsqueeze(0)
 
 

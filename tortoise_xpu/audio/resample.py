@@ -64,6 +64,11 @@ def sinc_resample_kernel(orig_freq: int, new_freq: int, lowpass_filter_width: in
     return kernel.to(device), width
 
 
+#: Largest step x phases (the reduced rate ratio) resampled: every pair of standard rates from 8 kHz to
+#: 384 kHz is far below it (384000 -> 22050 Hz is 2560 x 147), and it keeps the filter under ~100 MB.
+MAX_REDUCED_RATIO_PRODUCT = 4_000_000
+
+
 def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6,
              rolloff: float = 0.99) -> torch.Tensor:
     """Resample the last dimension of ``waveform`` from ``orig_freq`` to ``new_freq`` Hz.
@@ -85,6 +90,11 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, lowpass_filt
         return waveform
     g = math.gcd(int(orig_freq), int(new_freq))
     step, phases = int(orig_freq) // g, int(new_freq) // g
+    if step * phases > MAX_REDUCED_RATIO_PRODUCT:
+        # The kernel has phases x (step + 2 width) taps: 44101 -> 22050 Hz would need terabytes.
+        raise ValueError(f"cannot resample {orig_freq} Hz to {new_freq} Hz: the rates reduce to "
+                         f"{step}:{phases}, which needs an impractically large filter; convert the audio "
+                         "to a standard rate (e.g. 22050, 24000, 44100 or 48000 Hz) first")
     kernel, width = sinc_resample_kernel(orig_freq, new_freq, lowpass_filter_width, rolloff,
                                          device=waveform.device, dtype=waveform.dtype)
     lead = waveform.shape[:-1]
