@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 import sys
 from collections import Counter
@@ -498,9 +499,7 @@ class SimulatedBackend(CPUBackend):
         self._quirks = cls(0).quirks
         typical = TYPICAL_DEVICES[self.target]
         caps = capabilities or typical.capabilities
-        self._caps = Capabilities(caps.backend, caps.float16, caps.bfloat16, caps.float64, caps.complex,
-                                  graphs=False, unified_memory=caps.unified_memory, is_cpu=caps.is_cpu,
-                                  weight_first_gemm=caps.weight_first_gemm, quirks=self._quirks)
+        self._caps = dataclasses.replace(caps, graphs=False, quirks=self._quirks)
         self._memory = memory if memory is not None else typical.memory
         self.label = typical.label if capabilities is None else f"{self.target} (given capabilities)"
 

@@ -332,10 +332,6 @@ class UnifiedVoice(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:
         # GPT-2's scheme; only matters for freshly built (random) models, checkpoints overwrite it.
-        # Skipped on the meta device (how load_model builds before assigning a checkpoint): there is
-        # nothing to fill, and normal_ on meta tensors imports torch's decomposition machinery (2-3 s).
-        if self.text_embedding.weight.is_meta:
-            return
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 m.weight.normal_(0.0, 0.02)
