@@ -52,6 +52,7 @@ STAGES = {"ar": "ar", "rlg_auto": None, "rlg_diffuser": None, "clvp": "clvp", "d
 # float32's 1e-7 stays far inside 1e-4.  The diffusion model's own outputs are asserted at every
 # precision in test_models_parity.py.
 CHAOTIC = "not asserted: random-weight diffusion amplifies rounding, see docs/parity.md"
+ACCELERATOR_F32 = "accelerator float32 summation order, amplified x153 by random-weight diffusion"
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,13 @@ def test_same_seed_same_tokens_choice_and_waveform(chain, reference_run, backend
     if settings["diffusion"].precision != "float32":
         speech[1].as_information(CHAOTIC)
         speech[2].as_information(CHAOTIC)
+    elif not backend.capabilities().is_cpu:
+        # float32 on an accelerator: its kernels sum in another order than the CPU's (the diffusion
+        # model's eps lands ~7e-6 away on an H200, test_models_parity.py), and the first random-weight
+        # step multiplies that by 153, so the chain lands ~3e-4 away (measured on an H200): asserted
+        # against the reduced-precision float32 (TF32) bound instead of the per-model float32 one.
+        speech[1:] = [measure(m.row, m.column, m.precision, out, want, TOLERANCES["tf32"], note=ACCELERATOR_F32)
+                      for m, out, want in ((speech[1], mel, ref.mel), (speech[2], wav, ref.waveform))]
     check([codes, pick, *speech], parity)
 
 
