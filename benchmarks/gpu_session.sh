@@ -10,7 +10,7 @@
 # then one device `run` with carry [".whl"] and timeout_s 600:
 #
 #     bash benchmarks/gpu_session.sh            # all steps, about 8 minutes on an H100
-#     bash benchmarks/gpu_session.sh bench      # or only some: tests bench modes parity
+#     bash benchmarks/gpu_session.sh bench      # or only some: tests bench modes profile parity
 #
 # Results land in $OUT (each step's log, results.json/.md of the standard set, per-mode AR runs,
 # the parity table); copy them into docs/performance.md and docs/parity.md with the device named.
@@ -49,10 +49,12 @@ run_step() {
                 python3 -m tortoise_xpu bench --models-dir "$WEIGHTS" --tokens 500 --repeat 2 \
                     --decode "$mode" --json --out "$OUT/ar-$mode.json" | tail -3
             done ;;
+        profile) # where the 500-token unit's device time goes, op by op (top operators, kernel count)
+            python3 benchmarks/profile_run.py --models-dir "$WEIGHTS" --tokens 500 --json "$OUT/profile.json" ;;
         parity)  # the CUDA columns of the hardware-parity suite (tiny models)
             python3 -m pytest -q -p no:cacheprovider -m parity --device=cuda \
                 --parity-report="$OUT/parity-cuda.md" ;;
-        *) echo "unknown step $1 (steps: tests bench modes parity)" >&2; return 2 ;;
+        *) echo "unknown step $1 (steps: tests bench modes profile parity)" >&2; return 2 ;;
     esac
 }
 
