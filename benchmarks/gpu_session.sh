@@ -58,6 +58,13 @@ run_step() {
     esac
 }
 
+# Full-size random weights for the steps that time the pipeline, made once per machine.
+needs_weights() { case " ${steps[*]} " in *" bench "*|*" modes "*|*" profile "*|*" stream "*) return 0 ;; esac; return 1; }
+if needs_weights && [ ! -f "$WEIGHTS/autoregressive.pth" ]; then
+    python3 -m tortoise_xpu models random-weights --out "$WEIGHTS" --no-sha > "$OUT/weights.log" 2>&1 \
+        || { echo "could not write the random weights (see weights.log)" >&2; exit 1; }
+fi
+
 status=0
 for step in "${steps[@]}"; do
     echo "== $step" >&2
