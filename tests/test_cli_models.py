@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_assets import FileServer, Route
+from tests.fileserver import FileServer, Route
 from tortoise_xpu import assets
+from tortoise_xpu.assets import fetch
 from tortoise_xpu.cli import main
 from tortoise_xpu.models import registry
 
@@ -33,7 +34,7 @@ def _clean_env(monkeypatch, tmp_path):
     for var in (assets.ENV_MODELS, assets.ENV_HF_ENDPOINT, assets.ENV_HF_REVISION, assets.ENV_DATA_ENDPOINT):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # never the real user cache
-    monkeypatch.setattr(assets, "_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(fetch, "_RETRY_DELAY", 0.0)
 
 
 @pytest.fixture(scope="module")
