@@ -137,18 +137,9 @@ class TextToSpeech:
     def _asset_path(self, name: str) -> Path:
         """Where asset ``name`` is in the models folder, downloading it first when allowed and missing."""
         from tortoise_xpu import assets
-        from tortoise_xpu.errors import ModelFileError, TortoiseError
 
-        path = assets.find(name, self.models_dir)
-        if path is not None or not self.auto_download:
-            return path if path is not None else assets.require(name, self.models_dir)
-        try:
-            return assets.download(name, self.models_dir, progress=self.progress is not None, retries=1)
-        except TortoiseError as exc:
-            raise ModelFileError(
-                f"{assets.asset(name).name} is not in {self.models_dir} and could not be downloaded ({exc}). "
-                f"Offline? Run `tortoise-xpu models download --models-dir DIR` on a machine with internet and "
-                f"copy DIR here, or pass --models-dir pointing at a folder that has the files") from None
+        return assets.ensure(name, self.models_dir, auto_download=self.auto_download,
+                             progress=self.progress is not None)
 
     def _stage_dtype(self, name: str) -> torch.dtype:
         stage = {"autoregressive": "ar", "clvp": "clvp", "cvvp": "clvp", "diffusion": "diffusion",
