@@ -3,7 +3,7 @@
 Part one needs no hardware.  For each target backend a short pipeline run (tiny random
 models unless ``--models-dir`` is given; a voice clip, so the STFT path runs; the p, DDIM
 and DPM++(2M) samplers) executes on the CPU while a
-:class:`~tortoise_xpu.backends.audit.SimulatedBackend` makes the pipeline plan it exactly as
+:class:`~tortoise_xpu.backends.simulated.SimulatedBackend` makes the pipeline plan it exactly as
 for that device: its Policy's dtypes, batch and residency, the real-valued STFT where
 complex tensors are missing.  A :class:`~tortoise_xpu.backends.audit.Recorder` logs every
 aten op and the backend's audit rules judge them: violations (must be none), the CPU
@@ -104,7 +104,8 @@ def audit_backend(target: str, models_dir: str | Path, runs: tuple[AuditRun, ...
 
     ``extra(tts)``, if given, is called under the same recorder after the runs (more code paths).
     """
-    from tortoise_xpu.backends.audit import Recorder, SimulatedBackend, rules_for
+    from tortoise_xpu.backends.audit import Recorder, rules_for
+    from tortoise_xpu.backends.simulated import SimulatedBackend
     from tortoise_xpu.pipeline import TextToSpeech
 
     sim = SimulatedBackend(target)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from tortoise_xpu.backends.audit import stage as audit_stage
+from tortoise_xpu.backends.markers import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
@@ -233,7 +233,7 @@ class TextToSpeech:
         self.backend.synchronize()
         start = time.perf_counter()
         try:
-            with audit_stage(stage):  # names the stage for the portability audit (backends/audit.py)
+            with audit_stage(stage):  # names the stage for the portability audit (backends/markers.py)
                 yield
             self.backend.synchronize()
         except Exception as exc:
