@@ -19,7 +19,8 @@ from tortoise_xpu.backends.audit import Recorder, rules_for
 from tortoise_xpu.backends.base import AuditRules
 from tortoise_xpu.backends.markers import cpu_route, stage
 from tortoise_xpu.backends.simulated import SimulatedBackend
-from tortoise_xpu.cli.doctor import TINY_SETTINGS, AuditRun, run_pipeline, synthetic_voice_clip
+from tortoise_xpu.audio.synthetic import synthetic_clip
+from tortoise_xpu.cli.doctor import TINY_SETTINGS, AuditRun, run_pipeline
 from tortoise_xpu.pipeline import PRESETS, TextToSpeech
 
 TARGETS = ("xpu", "directml")
@@ -27,7 +28,7 @@ TARGETS = ("xpu", "directml")
 
 @pytest.fixture(scope="module")
 def clip():
-    return synthetic_voice_clip()
+    return synthetic_clip()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_redaction_free_read_is_clean(tiny_models_dir, tmp_path, target):
     voice = tmp_path / "voice"
     voice.mkdir()
     # A 24 kHz clip: loading it for the AR resamples to 22.05 kHz (the resampling kernel path).
-    sf.write(voice / "a.wav", synthetic_voice_clip(sample_rate=24000, seconds=2.0)[0].numpy(), 24000)
+    sf.write(voice / "a.wav", synthetic_clip(sample_rate=24000, seconds=2.0)[0].numpy(), 24000)
     text = tmp_path / "book.txt"
     text.write_text("The first sentence is here. [whispering] The second one, in brackets, is spoken.\n")
     args = build_parser().parse_args([

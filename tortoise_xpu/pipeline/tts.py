@@ -23,14 +23,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from tortoise_xpu.audio.rates import SAMPLE_RATE
 from tortoise_xpu.backends.markers import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
-SAMPLE_RATE = 24000
-AR_SAMPLE_RATE = 22050
 
 # Progress callback: (stage, done, total).
 Progress = Callable[[str, int, int], None]
