@@ -45,3 +45,14 @@ def test_lookup_by_alias_and_unknown_name():
     assert "cvvp.pth" not in assets.resolve_names(None, core_only=True)
     with pytest.raises(UserError, match="unknown model file 'bark'"):
         assets.asset("bark")
+
+
+def test_parameter_counts_live_in_the_catalogue_alone():
+    from tortoise_xpu.backends.policy import OFFICIAL_MODEL_BYTES
+    from tortoise_xpu.models.registry import SPECS
+
+    for file, spec in SPECS.items():
+        assert spec.official_params == assets.ASSETS[file].parameters == assets.official_parameters(file)
+    assert OFFICIAL_MODEL_BYTES["ar"] == 4 * assets.ASSETS["autoregressive.pth"].parameters == 1_686_107_144
+    with pytest.raises(UserError, match="data file"):
+        assets.official_parameters("tokenizer")
