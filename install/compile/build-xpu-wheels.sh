@@ -7,11 +7,11 @@
 #   ipex        optional, LEGACY and off by default: Intel Extension for PyTorch (archived 2026-03-30).
 #
 # Most people need none of this: `pip install torch --index-url https://download.pytorch.org/whl/xpu`
-# (scripts/setup-env.sh --backend xpu) gives working XPU wheels; tortoise-xpu itself never imports
+# (install/setup-env.sh --backend xpu) gives working XPU wheels; tortoise-xpu itself never imports
 # torchaudio. Build from source to get AOT code for exactly your GPU, a torch with local patches, a
 # torchaudio for a torch that has none on the index, or a pinned IPEX-era stack.
 #
-# usage: compile/build-xpu-wheels.sh [options]
+# usage: install/compile/build-xpu-wheels.sh [options]
 #   --components LIST      comma-separated, from: torch, torchaudio, ipex (default: torchaudio).
 #                          They are built in the order torch, torchaudio, ipex whatever the order given.
 #   --torch-version TAG    torch tag to build (default v2.13.0); without torch in --components, the torch
@@ -43,8 +43,8 @@
 set -euo pipefail
 
 SCRIPT_VERSION=1
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ONEAPI_ENV="$REPO/scripts/oneapi-env.sh"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ONEAPI_ENV="$REPO/install/oneapi-env.sh"
 
 # AOT target names (ocloc device names) that Intel's docs and build files use. Alchemist/Flex: dg2,
 # acm-g10/11/12, ats-m150/ats-m75; Battlemage: bmg, bmg-g21; Data Center Max: pvc; Meteor Lake: mtl,
@@ -92,10 +92,10 @@ comp_oneapi() {
 
 # say, warn, die, usage, show_cmd; `*` stays bare in shown commands: in the plan it stands for a file
 # name known only after the build.
-# shellcheck disable=SC2034  # read by show_cmd in scripts/lib.sh
+# shellcheck disable=SC2034  # read by show_cmd in install/lib.sh
 SHOW_CMD_BARE_STAR=1
-# shellcheck disable=SC1091  # scripts/lib.sh, checked on its own
-source "$REPO/scripts/lib.sh"
+# shellcheck disable=SC1091  # install/lib.sh, checked on its own
+source "$REPO/install/lib.sh"
 
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
 vtag() { case "$1" in v*) echo "$1" ;; *) echo "v$1" ;; esac; }
@@ -205,7 +205,7 @@ else
     case "$DIST" in /*) ;; *) DIST="$PWD/$DIST" ;; esac
 fi
 
-# The oneAPI root (the same search order as scripts/oneapi-env.sh).
+# The oneAPI root (the same search order as install/oneapi-env.sh).
 ONEAPI=""
 for candidate in "$ONEAPI_ROOT_ARG" "${ONEAPI_ROOT:-}" /opt/intel/oneapi "${HOME:-/nonexistent}/intel/oneapi"; do
     if [ -n "$candidate" ] && [ -d "$candidate" ]; then
@@ -308,11 +308,11 @@ run_checks() {
     say "Prerequisites:"
     # Python
     if [ -z "$PY_VERSION" ]; then
-        missing "python: '$PYTHON' does not run: activate the build env (scripts/setup-env.sh --backend xpu, then conda activate tortoise-xpu-xpu) or pass --python"
+        missing "python: '$PYTHON' does not run: activate the build env (install/setup-env.sh --backend xpu, then conda activate tortoise-xpu-xpu) or pass --python"
     elif version_ge "$PY_VERSION" 3.10; then
         ok "python $PY_VERSION (>= 3.10)"
     else
-        missing "python $PY_VERSION is too old: torch and tortoise-xpu need >= 3.10 (scripts/setup-env.sh --backend xpu --python 3.11)"
+        missing "python $PY_VERSION is too old: torch and tortoise-xpu need >= 3.10 (install/setup-env.sh --backend xpu --python 3.11)"
     fi
     # conda env
     if [ -n "${CONDA_PREFIX:-}" ] && [ -d "$CONDA_PREFIX" ]; then
@@ -320,7 +320,7 @@ run_checks() {
         if command -v conda >/dev/null 2>&1; then conda_v=" ($(conda --version 2>/dev/null | head -n 1))"; fi
         ok "conda env active: ${CONDA_DEFAULT_ENV:-$(basename "$CONDA_PREFIX")} at $CONDA_PREFIX$conda_v"
     else
-        missing "conda env: none is active: run 'conda activate tortoise-xpu-xpu' (create it with scripts/setup-env.sh --backend xpu); the wheels must be built with the Python they will run on"
+        missing "conda env: none is active: run 'conda activate tortoise-xpu-xpu' (create it with install/setup-env.sh --backend xpu); the wheels must be built with the Python they will run on"
     fi
     # gcc
     local cc=${CC:-gcc} gccv
@@ -391,7 +391,7 @@ run_checks() {
     # the torch that torchaudio/ipex build against
     if ! has torch && { has torchaudio || has ipex; }; then
         if [ -z "$INSTALLED_TORCH" ]; then
-            missing "torch: not installed in $PYTHON: pip install torch --index-url https://download.pytorch.org/whl/xpu (scripts/setup-env.sh --backend xpu), or add torch to --components"
+            missing "torch: not installed in $PYTHON: pip install torch --index-url https://download.pytorch.org/whl/xpu (install/setup-env.sh --backend xpu), or add torch to --components"
         elif [ "$INSTALLED_TORCH_XPU" != 1 ]; then
             missing "torch $INSTALLED_TORCH is not an XPU build: pip install --force-reinstall torch==$TORCH_VERSION --index-url https://download.pytorch.org/whl/xpu, or add torch to --components"
         else
@@ -452,7 +452,7 @@ run_step() {
     else
         say "[$STEP_N] $comp: $title"
     fi
-    [ -z "$comps" ] || say "      source oneAPI $comps: scripts/oneapi-env.sh --root ${ONEAPI:-<oneAPI root>} --components $comps"
+    [ -z "$comps" ] || say "      source oneAPI $comps: install/oneapi-env.sh --root ${ONEAPI:-<oneAPI root>} --components $comps"
     [ "${#STEP_ENV[@]}" -eq 0 ] || say "      env: ${STEP_ENV[*]}"
     say "      cd $cwd && $display"
     [ "$DRY_RUN" = 0 ] || return 0
@@ -470,7 +470,7 @@ run_step() {
         set -e
         cd "$cwd"
         if [ -n "$comps" ]; then
-            # shellcheck source=/dev/null  # scripts/oneapi-env.sh, checked on its own
+            # shellcheck source=/dev/null  # install/oneapi-env.sh, checked on its own
             source "$ONEAPI_ENV" --root "$ONEAPI" --components "$comps"
         fi
         if [ "${#STEP_ENV[@]}" -gt 0 ]; then export "${STEP_ENV[@]?}"; fi

@@ -4,7 +4,7 @@
     tortoise-xpu into it, and check with `tortoise-xpu devices --json` that the backend is usable there.
 
 .DESCRIPTION
-    The PowerShell twin of scripts/setup-env.sh, for the backends that exist on Windows: directml, xpu,
+    The PowerShell twin of install/setup-env.sh, for the backends that exist on Windows: directml, xpu,
     cuda, cpu and auto (the repository's environment.yml).
 
     Idempotent: after a successful run it stores a stamp (a hash of the environment file, pyproject.toml,
@@ -16,9 +16,9 @@
     (the reason is printed); 2 bad usage or wrong platform; 1 any other failure.
 
 .EXAMPLE
-    scripts\setup-env.ps1 -Backend directml
+    install\setup-env.ps1 -Backend directml
 .EXAMPLE
-    scripts\setup-env.ps1 -Backend xpu -Python 3.12 -DryRun
+    install\setup-env.ps1 -Backend xpu -Python 3.12 -DryRun
 #>
 [CmdletBinding()]
 param(
@@ -50,7 +50,7 @@ function Fail([int]$Code, [string]$Message) {
 function Warn([string]$Message) { [Console]::Error.WriteLine("warning: $Message") }
 
 $Repo = (Resolve-Path (Join-Path $PSScriptRoot '..')).Path
-$Helper = Join-Path $Repo 'scripts\setup_env_helper.py'
+$Helper = Join-Path $Repo 'install\setup_env_helper.py'
 
 # --- which OS, and does the backend exist there? -----------------------------------------------------
 if ($PSVersionTable.PSEdition -eq 'Desktop' -or $IsWindows) { $OS = 'windows' }
@@ -70,8 +70,8 @@ if ($Python -and $Python -notmatch '^3\.\d+(\.\d+)?$') { Fail 2 "-Python wants a
 # --- the environment file ----------------------------------------------------------------------------
 $Extras = ''
 if ($Backend -eq 'auto') { $EnvFile = Join-Path $Repo 'environment.yml' }
-elseif ($Ipex) { $EnvFile = Join-Path $Repo 'backends\xpu\environment-ipex.yml'; $Extras = 'ipex' }
-else { $EnvFile = Join-Path $Repo "backends\$Backend\environment.yml" }
+elseif ($Ipex) { $EnvFile = Join-Path $Repo 'install\envs\xpu\environment-ipex.yml'; $Extras = 'ipex' }
+else { $EnvFile = Join-Path $Repo "install\envs\$Backend\environment.yml" }
 if ($Backend -eq 'directml') { $Extras = 'directml' }
 if (-not (Test-Path $EnvFile)) { Fail 1 "missing environment file $EnvFile" }
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Find and source the Intel oneAPI environment scripts that a FROM-SOURCE build of the XPU stack needs
-# (compile/build-xpu-wheels.sh does this for you, per component).
+# (install/compile/build-xpu-wheels.sh does this for you, per component).
 #
 # You do NOT need this to run tortoise-xpu on an Intel GPU: PyTorch's binary XPU wheels bring the oneAPI
-# runtime as pip packages and need only the GPU driver (backends/xpu/README.md).
+# runtime as pip packages and need only the GPU driver (install/envs/xpu/README.md).
 #
 # usage:
-#   source scripts/oneapi-env.sh [--root DIR] [--components compiler,mkl,pti[,ccl,mpi]] [--setvars] [--quiet]
-#   scripts/oneapi-env.sh --print [--root DIR] [--components LIST]   # show what would be sourced
+#   source install/oneapi-env.sh [--root DIR] [--components compiler,mkl,pti[,ccl,mpi]] [--setvars] [--quiet]
+#   install/oneapi-env.sh --print [--root DIR] [--components LIST]   # show what would be sourced
 #
 # It sources, for each component, <root>/<component>/latest/env/vars.sh (or the newest versioned folder
 # when there is no `latest` link), and prints every file it sourced. With --setvars it sources the
@@ -169,7 +169,7 @@ else
     case " $* " in
         *" --print "*|*" -h "*|*" --help "*) oneapi_env_main "$@"; exit $? ;;
         *)
-            echo "oneapi-env: run it with 'source' to change your shell (source scripts/oneapi-env.sh $*)," >&2
+            echo "oneapi-env: run it with 'source' to change your shell (source install/oneapi-env.sh $*)," >&2
             echo "oneapi-env: or with --print to see what would be sourced. Binary XPU wheels need none of this." >&2
             oneapi_env_main --print "$@"
             exit $?

@@ -2,7 +2,7 @@
 # One command per backend: create (or update) the conda environment for a backend, install tortoise-xpu
 # into it, and check with `tortoise-xpu devices --json` that the backend is usable there.
 #
-# usage: scripts/setup-env.sh [--backend auto|cpu|cuda|rocm|xpu|mps|directml] [--name ENV] [--python X.Y]
+# usage: install/setup-env.sh [--backend auto|cpu|cuda|rocm|xpu|mps|directml] [--name ENV] [--python X.Y]
 #                             [--ipex] [--tool conda|mamba|micromamba] [--force] [--ignore-platform]
 #                             [--dry-run]
 #
@@ -10,7 +10,7 @@
 #                      is present); otherwise backends/B/environment.yml.
 #   --name ENV         environment name (default: the file's `name:`, e.g. tortoise-xpu-xpu).
 #   --python X.Y       use this Python instead of the file's pin.
-#   --ipex             with --backend xpu: the LEGACY torch 2.8 + IPEX stack (backends/xpu/environment-ipex.yml).
+#   --ipex             with --backend xpu: the LEGACY torch 2.8 + IPEX stack (install/envs/xpu/environment-ipex.yml).
 #   --tool T           which of conda, mamba, micromamba to use (default: the first one on PATH, in that order;
 #                      or $TORTOISE_CONDA).
 #   --force            update the environment and reinstall the package even when nothing changed.
@@ -31,8 +31,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BACKENDS="auto cpu cuda rocm xpu mps directml"
 
 # say, warn, die, usage, show_cmd
-# shellcheck disable=SC1091  # scripts/lib.sh, checked on its own
-source "$REPO/scripts/lib.sh"
+# shellcheck disable=SC1091  # install/lib.sh, checked on its own
+source "$REPO/install/lib.sh"
 
 sha256_file() {
     if command -v sha256sum >/dev/null 2>&1; then
@@ -106,10 +106,10 @@ EXTRAS=""
 if [ "$BACKEND" = auto ]; then
     ENV_FILE="$REPO/environment.yml"
 elif [ "$IPEX" = 1 ]; then
-    ENV_FILE="$REPO/backends/xpu/environment-ipex.yml"
+    ENV_FILE="$REPO/install/envs/xpu/environment-ipex.yml"
     EXTRAS="ipex"
 else
-    ENV_FILE="$REPO/backends/$BACKEND/environment.yml"
+    ENV_FILE="$REPO/install/envs/$BACKEND/environment.yml"
 fi
 [ "$BACKEND" = directml ] && EXTRAS="directml"
 [ -f "$ENV_FILE" ] || die 1 "missing environment file $ENV_FILE"
@@ -123,7 +123,7 @@ OS=$(host_os)
 if ! platform_ok "$BACKEND" "$OS"; then
     msg="the $BACKEND backend needs $(backend_platforms "$BACKEND"), this is $OS"
     case "$BACKEND" in
-        directml) msg="$msg; on Windows use scripts\\setup-env.ps1 -Backend directml" ;;
+        directml) msg="$msg; on Windows use install\\setup-env.ps1 -Backend directml" ;;
         mps) msg="$msg (Apple silicon)" ;;
     esac
     if [ "$DRY_RUN" = 1 ] || [ "$IGNORE_PLATFORM" = 1 ]; then
@@ -216,8 +216,8 @@ show_in_env() {
 }
 
 # The probe that runs inside the environment (a file, because `conda run` mangles multi-line -c code);
-# scripts/setup-env.ps1 uses the same one.
-HELPER="$REPO/scripts/setup_env_helper.py"
+# install/setup-env.ps1 uses the same one.
+HELPER="$REPO/install/setup_env_helper.py"
 
 PIP_TARGET="$REPO${EXTRAS:+[$EXTRAS]}"
 STAMP_REL="etc/tortoise-xpu/setup-env.stamp"
@@ -322,7 +322,7 @@ set -e
 case "$rc" in
     0) say "ready: $TOOL_KIND activate $NAME" ;;
     3)
-        hint="backends/$BACKEND/README.md"
+        hint="install/envs/$BACKEND/README.md"
         [ "$BACKEND" = auto ] && hint="docs/install.md"
         say "environment $NAME is ready, but the $BACKEND backend is not available on this machine: see $hint for what it needs"
         ;;

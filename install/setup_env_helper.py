@@ -1,4 +1,4 @@
-"""What scripts/setup-env.sh and setup-env.ps1 run inside the conda environment they set up.
+"""What install/setup-env.sh and setup-env.ps1 run inside the conda environment they set up.
 
     python setup_env_helper.py probe           -> the env prefix, then the checkout tortoise_xpu comes from
     python setup_env_helper.py check BACKEND   -> runs `tortoise-xpu devices --json`, says whether BACKEND

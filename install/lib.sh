@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/setup-env.sh and compile/build-xpu-wheels.sh (sourced, not run).
+# Helpers shared by install/setup-env.sh and install/compile/build-xpu-wheels.sh (sourced, not run).
 
 say() { printf '%s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
