@@ -7,8 +7,6 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 from tortoise_xpu import assets
 
 
@@ -114,14 +112,6 @@ class FileServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    """A running :class:`FileServer`, closed after the test."""
-    srv = FileServer()
-    yield srv
-    srv.close()
 
 
 def blob(n: int, seed: int = 0) -> bytes:

@@ -7,10 +7,18 @@ from dataclasses import replace
 
 import pytest
 
-from tests.fileserver import Route, blob, server  # noqa: F401  (server: a fixture)
+from tests.fileserver import FileServer, Route, blob
 from tortoise_xpu import assets
 from tortoise_xpu.assets import fetch
 from tortoise_xpu.errors import ModelFileError, TortoiseError
+
+@pytest.fixture
+def server():
+    """A running :class:`FileServer` on 127.0.0.1, closed after the test."""
+    srv = FileServer()
+    yield srv
+    srv.close()
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
