@@ -148,8 +148,9 @@ _CASES = [
        "error: device 'xpu' is not available: this torch build (2.x+cpu) has no XPU support; install torch "
        "from the PyTorch XPU wheel index", r"is not available: ", r"install"),
     _c("assets.missing_model", ASSETS, "a model file missing from the models folder (offline)", "refused", 2,
-       "error: rlg_auto.pth is not in DIR and could not be downloaded (...). Offline? Run `tortoise-xpu models "
-       "download --models-dir DIR` on a machine with internet (...)", r"is not in", r"tortoise-xpu models download"),
+       "error: rlg_auto.pth is not in DIR and could not be downloaded (...). Missing there: rlg_auto.pth (every "
+       "missing core file). Offline? Run `tortoise-xpu models download --models-dir DIR` on a machine with "
+       "internet (...)", r"is not in", r"Missing there: ", r"tortoise-xpu models download"),
     _c("assets.truncated_checkpoint", ASSETS, "a truncated checkpoint", "refused", 2,
        "error: autoregressive.pth is truncated or corrupt (...); fetch it again", r"truncated or corrupt"),
     _c("assets.wrong_model", ASSETS, "the checkpoint of another model under this model's name", "refused", 2,
@@ -202,6 +203,19 @@ _CASES = [
     _c("runtime.disk_full", RUNTIME, "disk full while writing a WAV, a chunk, the manifest or latents", "refused",
        1, "error: cannot write FILE: No space left on device; free some space or write somewhere else (nothing "
        "was left under that name)", r"cannot write", r"(?i)no space left"),
+    # ---------------------------------------------------------- the models folder and its files (issue 16)
+    _c("assets.models_dir_not_a_folder", ASSETS, "`$TORTOISE_XPU_MODELS` or `--models-dir` naming a file (or a "
+       "path under one), for `speak`, `models verify` and every other command", "refused", 2,
+       "error: models folder FILE is a file; point $TORTOISE_XPU_MODELS at a folder",
+       r"models folder .* is a file", r"point (\$TORTOISE_XPU_MODELS|--models-dir) at a folder"),
+    _c("assets.verify_bad_mel_norms", ASSETS, "`models verify` on a mel_norms.pth that is not 80 finite floats "
+       "(wrong shape, integers, NaN)", "refused", 1,
+       "mel_norms.pth: failed: mel_norms.pth holds a float32 tensor of shape (79,); expected 80 floats, one per "
+       "mel band", r"mel_norms\.pth holds", r"expected 80"),
+    _c("assets.verify_bad_tokenizer", ASSETS, "`models verify` on a tokenizer.json that does not parse as a "
+       "tokenizer", "refused", 1,
+       "tokenizer.json: failed: tokenizer.json is not valid JSON: (...)",
+       r"tokenizer\.json (is not valid JSON|has no 'model' section|does not load as a tokenizer)"),
 ]
 
 CASES: dict[str, Case] = {c.id: c for c in _CASES}

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from tortoise_xpu.cli import main
-from tortoise_xpu.cli.bench import (VOICE_RATE, VOICE_SECONDS, comparison, markdown_table, match_result,
-                                    synthetic_voice)
+from tortoise_xpu.cli.bench import comparison, markdown_table, match_result
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("device", "total_s", "stages", "ar_ms_per_step", "tokens", "candidates", "audio_s", "rtf",
@@ -86,14 +85,6 @@ def test_low_vram_bench_runs(capsys, tiny_models_dir):
     code, out, err = _bench(capsys, tiny_models_dir, "--json", "--no-warmup", "--low-vram")
     assert code == 0, err
     assert json.loads(out)["policy"]["resident"] is False
-
-
-def test_synthetic_voice_is_fixed():
-    a, b = synthetic_voice(), synthetic_voice()
-    assert [c.shape for c in a] == [(1, int(s * VOICE_RATE)) for s in VOICE_SECONDS]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert all(abs(float(c.abs().max()) - 0.5) < 1e-6 for c in a)
-    assert not torch.equal(synthetic_voice(1)[0], a[0])
 
 
 def test_comparison_and_table_formatting():

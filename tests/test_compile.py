@@ -1,4 +1,4 @@
-"""compile/build-xpu-wheels.sh: the --dry-run plans, and a real run against a fake toolchain.
+"""install/compile/build-xpu-wheels.sh: the --dry-run plans, and a real run against a fake toolchain.
 
 The fake toolchain (tests/data/fake_toolchain/fake_tool.py) puts stub git, gcc, cmake, ninja, patchelf,
 conda, df and python on PATH, next to a fake oneAPI root and a fake conda prefix. Every stub records its
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "compile" / "build-xpu-wheels.sh"
+SCRIPT = REPO / "install" / "compile" / "build-xpu-wheels.sh"
 FAKE_DIR = REPO / "tests" / "data" / "fake_toolchain"
 sys.path.insert(0, str(FAKE_DIR))
 import fake_tool  # noqa: E402
@@ -364,20 +364,20 @@ def test_end_to_end_from_a_local_source_tree(fake, tmp_path):
 
 
 def test_oneapi_env_script_prints_what_it_would_source(fake):
-    res = subprocess.run(["bash", str(REPO / "scripts" / "oneapi-env.sh"), "--print", "--root", str(fake.oneapi),
+    res = subprocess.run(["bash", str(REPO / "install" / "oneapi-env.sh"), "--print", "--root", str(fake.oneapi),
                           "--components", "compiler,mkl"], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(fake.oneapi / "compiler/latest/env/vars.sh"),
                                   str(fake.oneapi / "mkl/2025.1/env/vars.sh")]
     # Sourced: the variables land in the caller's shell, each file is named, `set -u` survives.
-    script = (f"set -u; source {REPO}/scripts/oneapi-env.sh --root {fake.oneapi} --components compiler,ccl; "
+    script = (f"set -u; source {REPO}/install/oneapi-env.sh --root {fake.oneapi} --components compiler,ccl; "
               "echo rc=$? C=$FAKE_ONEAPI_COMPILER L=$FAKE_ONEAPI_CCL; case $- in *u*) echo still-u;; esac")
     res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
     assert "rc=0 C=1 L=1" in res.stdout and "still-u" in res.stdout
     assert res.stderr.count("oneapi-env: sourced ") == 2
-    res = subprocess.run(["bash", str(REPO / "scripts" / "oneapi-env.sh"), "--print", "--root", str(fake.oneapi),
+    res = subprocess.run(["bash", str(REPO / "install" / "oneapi-env.sh"), "--print", "--root", str(fake.oneapi),
                           "--components", "compiler,dnnl"], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 1 and "missing dnnl" in res.stderr

@@ -206,7 +206,7 @@ def test_latents_of_the_wrong_shapes(models, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------- checksums
 
 def test_download_with_a_checksum_mismatch_keeps_nothing(tmp_path, capsys):
-    from tests.test_assets import FileServer, Route
+    from tests.fileserver import FileServer, Route
 
     server = FileServer()
     try:
@@ -229,7 +229,8 @@ def test_verify_reports_a_file_that_fails_its_checksum(models, capsys):
     data = real.read_bytes()
     _replace(models, "rlg_auto.pth").write_bytes(data)
     assets.record(models, "rlg_auto.pth", sha256=hashlib.sha256(b"what was downloaded").hexdigest(),
-                  size=len(data), source="download", config="tiny")
+                  size=len(data), source="download",
+                  config=assets.read_manifest(models)["rlg_auto.pth"]["config"])
     code, out, err = run_cli(["models", "verify", "rlg_auto", "--models-dir", models, "--json"], capsys)
     assert code == 1 and "Traceback" not in err
     import json
@@ -238,3 +239,41 @@ def test_verify_reports_a_file_that_fails_its_checksum(models, capsys):
     assert row["status"] == "failed"
     check_case("assets.checksum_mismatch", 2, "", line=row["reason"])
     assert "--force" in row["reason"]
+
+
+# ------------------------------------------------------------- the models folder and its files (issue 16)
+
+def test_models_folder_that_is_a_file(tmp_path, capsys, monkeypatch):
+    not_a_folder = tmp_path / "models"
+    not_a_folder.write_text("not a folder")
+    monkeypatch.setenv("TORTOISE_XPU_MODELS", str(not_a_folder))
+    out = tmp_path / "out.wav"
+    code, _, err = run_cli(["speak", "Hello.", "-o", out, *TINY], capsys)
+    check_case("assets.models_dir_not_a_folder", code, err, absent=[out])
+    code, _, err = run_cli(["models", "verify"], capsys)
+    check_case("assets.models_dir_not_a_folder", code, err)
+    monkeypatch.delenv("TORTOISE_XPU_MODELS")
+    code, _, err = run_cli(["models", "verify", "--models-dir", not_a_folder / "below"], capsys)
+    assert "lies under" in check_case("assets.models_dir_not_a_folder", code, err)
+
+
+def test_verify_checks_mel_norms_content(models, capsys):
+    import json
+
+    import torch
+
+    torch.save(torch.linspace(-9.0, -2.0, 79), _replace(models, "mel_norms.pth"))
+    code, out, err = run_cli(["models", "verify", "mel_norms", "--models-dir", models, "--json"], capsys)
+    row = json.loads(out)["files"][0]
+    assert row["status"] == "failed" and "Traceback" not in err
+    check_case("assets.verify_bad_mel_norms", code, "", line=row["reason"])
+
+
+def test_verify_checks_that_the_tokenizer_parses(models, capsys):
+    import json
+
+    _replace(models, "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": ')
+    code, out, err = run_cli(["models", "verify", "tokenizer", "--models-dir", models, "--json", "--no-load"], capsys)
+    row = json.loads(out)["files"][0]
+    assert row["status"] == "failed" and "Traceback" not in err
+    check_case("assets.verify_bad_tokenizer", code, "", line=row["reason"])

@@ -70,7 +70,7 @@ class WrappedStandIn(StandIn):
 
 
 def _standin_spec(cls_name: str = "StandIn", file: str = "rlg_auto.pth") -> registry.ModelSpec:
-    return registry.ModelSpec(file, __name__, cls_name, "StandInConfig", official_params=0)
+    return registry.ModelSpec(file, __name__, cls_name, "StandInConfig")
 
 
 @pytest.fixture
@@ -87,14 +87,11 @@ def _filled(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _real_or_skip(file: str):
-    """The real class of ``file``, or skip while its module is still being written."""
+def _real(file: str):
+    """The spec of ``file``, its class and config imported (an import error fails the test)."""
     s = registry.SPECS[file]
-    try:
-        s.model_class()
-        s.config_class()
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"model {s.class_name} not yet implemented ({exc})")
+    s.model_class()
+    s.config_class()
     return s
 
 
@@ -219,6 +216,20 @@ def test_same_keys_other_shapes_says_other_configuration(standin, tmp_path):
     assert loading.load_model("rlg_auto.pth", tmp_path, config=StandInConfig(width=4)).norm.weight.shape == (4,)
 
 
+def test_the_loader_builds_the_config_a_file_records(standin, tmp_path):
+    """A file made with another config says so in the folder's manifest (a config record, as
+    ``random-weights --tiny`` writes); a preset name there is no record and means nothing."""
+    torch.save(StandIn(StandInConfig(width=4, depth=3)).state_dict(), tmp_path / "rlg_auto.pth")
+    assets.record(tmp_path, "rlg_auto.pth", config="tiny")
+    with pytest.raises(ModelFileError, match="does not fit StandIn.* 2 unexpected keys"):
+        loading.load_model("rlg_auto.pth", tmp_path)
+    assets.record(tmp_path, "rlg_auto.pth", config=registry.config_record(StandInConfig(width=4, depth=3)))
+    assert len(loading.load_model("rlg_auto.pth", tmp_path).layers) == 3
+    assets.record(tmp_path, "rlg_auto.pth", config={"width": 4, "colour": "red"})
+    with pytest.raises(ModelFileError, match="StandInConfig does not take: colour"):
+        loading.load_model("rlg_auto.pth", tmp_path)
+
+
 def test_missing_file_error_says_the_command(standin, tmp_path):
     with pytest.raises(ModelFileError, match="tortoise-xpu models download rlg_auto.pth --models-dir"):
         loading.load_model("rlg_auto.pth", tmp_path)
@@ -232,7 +243,7 @@ def test_safetensors_conversion_round_trip(monkeypatch, tmp_path):
     dst = loading.convert_to_safetensors(src)
     assert dst == tmp_path / "rlg_auto.safetensors"
     meta = loading.safetensors_metadata(dst)
-    assert meta["model"] == "rlg_auto.pth" and meta["config"] == "official"
+    assert meta["model"] == "rlg_auto.pth" and json.loads(meta["config"]) == {"width": 8, "depth": 2}
     assert assets.find("rlg_auto.pth", tmp_path) == dst  # used first from now on
     model = loading.load_model("rlg_auto.pth", tmp_path)  # no convert_state_dict on a converted file
     for k, v in sd.items():
@@ -261,7 +272,7 @@ def test_unfold_weight_norm_is_the_inverse_of_folding():
 
 
 # --------------------------------------------------------------------------------------------
-# The real networks (skipped while a class is not written yet)
+# The real networks
 # --------------------------------------------------------------------------------------------
 
 ALL = list(registry.SPECS)
@@ -269,7 +280,7 @@ ALL = list(registry.SPECS)
 
 @pytest.mark.parametrize("file", ALL)
 def test_official_config_matches_the_published_parameter_count(file):
-    s = _real_or_skip(file)
+    s = _real(file)
     model = registry.build(file)  # meta device
     assert registry.checkpoint_parameter_count(file, model) == s.official_params
 
@@ -279,7 +290,7 @@ def test_official_config_matches_the_published_parameter_count(file):
 def test_official_file_format_equals_the_originals(file):
     """What random-weights writes has the keys, shapes and wrapping of the original's file, and
     converts back to exactly the module's keys (on the meta device: no memory)."""
-    _real_or_skip(file)
+    _real(file)
     golden = json.loads(GOLDEN_KEYS.read_text())["files"][file]
     model = registry.build(file)
     ckpt = registry.to_checkpoint(file, model.state_dict())
@@ -298,20 +309,13 @@ def test_official_file_format_equals_the_originals(file):
 def tiny_dir(tmp_path_factory):
     """Tiny random weights for every network that imports (one write for the module)."""
     out = tmp_path_factory.mktemp("tiny")
-    ok = []
-    for file, s in registry.SPECS.items():
-        try:
-            s.model_class()
-        except ImportError:
-            continue
-        ok.append(file)
-    loading.write_random_weights(out, ok, seed=7, tiny=True)
+    loading.write_random_weights(out, list(registry.SPECS), seed=7, tiny=True)
     return out
 
 
 @pytest.mark.parametrize("file", ALL)
 def test_tiny_random_weights_round_trip(tiny_dir, file):
-    _real_or_skip(file)
+    _real(file)
     raw = loading.load_state(tiny_dir / file)
     expected = registry.convert(file, raw)
     model = loading.load_model(file, tiny_dir)  # the manifest says tiny
@@ -330,7 +334,7 @@ def _float_buffer_numel(model: nn.Module) -> int:
 
 
 def test_tiny_vocoder_file_has_the_official_layout(tiny_dir):
-    _real_or_skip("vocoder.pth")
+    _real("vocoder.pth")
     raw = torch.load(tiny_dir / "vocoder.pth", weights_only=True)
     assert list(raw) == ["model_g"]
     keys = raw["model_g"]
@@ -338,7 +342,7 @@ def test_tiny_vocoder_file_has_the_official_layout(tiny_dir):
 
 
 def test_random_weights_are_reproducible(tmp_path):
-    _real_or_skip("rlg_auto.pth")
+    _real("rlg_auto.pth")
     a = loading.write_random_weights(tmp_path / "a", ["rlg_auto"], seed=3, tiny=True)
     b = loading.write_random_weights(tmp_path / "b", ["rlg_auto"], seed=3, tiny=True)
     assert a[0].sha256 == b[0].sha256
@@ -349,7 +353,7 @@ def test_random_weights_are_reproducible(tmp_path):
 def test_full_size_random_weights_round_trip_small_models(tmp_path):
     """Official size for the two smallest files (~85 MB written): the format at full size."""
     for file in ("rlg_auto.pth", "vocoder.pth"):
-        _real_or_skip(file)
+        _real(file)
     rows = loading.write_random_weights(tmp_path, ["rlg_auto", "vocoder"], seed=1, sha=False)
     assert {r.file: r.parameters for r in rows} == {"rlg_auto.pth": 6_297_600, "vocoder.pth": 14_865_506}
     for file in ("rlg_auto.pth", "vocoder.pth"):
@@ -358,8 +362,8 @@ def test_full_size_random_weights_round_trip_small_models(tmp_path):
 
 
 def test_wrong_file_is_named_for_what_it_looks_like(tiny_dir, tmp_path):
-    _real_or_skip("clvp2.pth")
-    _real_or_skip("autoregressive.pth")
+    _real("clvp2.pth")
+    _real("autoregressive.pth")
     (tmp_path / "autoregressive.pth").write_bytes((tiny_dir / "clvp2.pth").read_bytes())
     with pytest.raises(ModelFileError) as err:
         loading.load_model("autoregressive.pth", tmp_path, config="tiny")
@@ -369,8 +373,8 @@ def test_wrong_file_is_named_for_what_it_looks_like(tiny_dir, tmp_path):
 
 
 def test_vocoder_file_given_as_rlg_is_recognised(tiny_dir, tmp_path):
-    _real_or_skip("vocoder.pth")
-    _real_or_skip("rlg_auto.pth")
+    _real("vocoder.pth")
+    _real("rlg_auto.pth")
     (tmp_path / "rlg_auto.pth").write_bytes((tiny_dir / "vocoder.pth").read_bytes())
     with pytest.raises(ModelFileError, match="this looks like vocoder.pth, not rlg_auto.pth"):
         loading.load_model("rlg_auto.pth", tmp_path, config="tiny")
@@ -379,7 +383,7 @@ def test_vocoder_file_given_as_rlg_is_recognised(tiny_dir, tmp_path):
 def test_ar_checkpoint_with_gpt2_mask_buffers_loads(tiny_dir, tmp_path):
     """The real autoregressive.pth carries ``gpt.h.N.attn.bias`` / ``masked_bias`` (old transformers
     buffers); the original loads with strict=False to skip them, our class drops them by name."""
-    _real_or_skip("autoregressive.pth")
+    _real("autoregressive.pth")
     raw = loading.load_state(tiny_dir / "autoregressive.pth")
     raw = dict(raw)
     layers = {k.split(".")[2] for k in raw if k.startswith("gpt.h.")}
@@ -398,7 +402,7 @@ def test_full_size_files_written_by_the_original_load_strictly(file):
     """Slow (loads up to 1.7 GB per file): every full-size checkpoint written by the ORIGINAL
     classes (../shared/reference/make_random_weights.py) loads strictly, and the loaded weights
     equal the file's (after the documented conversion)."""
-    _real_or_skip(file)
+    _real(file)
     folder = Path(os.environ["TORTOISE_XPU_REF_WEIGHTS"])
     if not (folder / file).is_file():
         pytest.skip(f"{file} not in {folder} (the reference script does not write it)")

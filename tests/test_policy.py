@@ -263,3 +263,13 @@ def test_oneapi_tiers_comparison():
 def test_docs_policy_table_is_current():
     doc = DOC.read_text(encoding="utf-8")
     assert spliced(doc, render_tables()) == doc, "docs/backends.md is stale: run python -m tests.simdevices"
+
+
+def test_ar_shape_is_derived_from_the_models_config():
+    from tortoise_xpu.backends.policy import ARShape, official_ar_shape, per_sample_bytes
+    from tortoise_xpu.models.autoregressive import ARConfig
+
+    assert official_ar_shape() == ARShape(layers=30, dim=1024, heads=16, positions=402 + 604 + 2, vocab=8194)
+    tiny = ARShape.of(ARConfig.tiny())
+    assert tiny.layers == ARConfig.tiny().layers and tiny.dim == ARConfig.tiny().model_dim
+    assert per_sample_bytes(torch.float16, tiny) < per_sample_bytes(torch.float16)

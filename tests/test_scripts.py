@@ -1,4 +1,4 @@
-"""The environment files and the shell scripts: syntax, shellcheck, pins, and scripts/setup-env.sh.
+"""The environment files and the shell scripts: syntax, shellcheck, pins, and install/setup-env.sh.
 
 setup-env.sh runs against a fake conda (tests/data/fake_toolchain/fake-tool.sh): `env create` makes an
 environment folder whose `python` runs the real interpreter (so the script's own helper runs for real)
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SETUP = REPO / "scripts" / "setup-env.sh"
+SETUP = REPO / "install" / "setup-env.sh"
 FAKE_DIR = REPO / "tests" / "data" / "fake_toolchain"
 sys.path.insert(0, str(FAKE_DIR))
 import fake_tool  # noqa: E402
@@ -31,7 +31,7 @@ needs_bash = pytest.mark.skipif(not HAVE_BASH, reason="needs bash on a POSIX sys
 def _shell_scripts() -> list[Path]:
     """Every bash script of the repository's script folders (by extension or shebang)."""
     found = []
-    for folder in ("scripts", "compile", "benchmarks", "tests/data/fake_toolchain", ".ci"):
+    for folder in ("install", "install/compile", "benchmarks", "tests/data/fake_toolchain", ".ci"):
         for path in sorted((REPO / folder).glob("*")):
             if not path.is_file():
                 continue
@@ -46,8 +46,8 @@ SCRIPTS = _shell_scripts()
 
 def test_the_expected_scripts_exist():
     names = {p.relative_to(REPO).as_posix() for p in SCRIPTS}
-    assert {"scripts/setup-env.sh", "scripts/oneapi-env.sh", "compile/build-xpu-wheels.sh"} <= names
-    assert (REPO / "scripts" / "setup-env.ps1").is_file()
+    assert {"install/setup-env.sh", "install/oneapi-env.sh", "install/compile/build-xpu-wheels.sh"} <= names
+    assert (REPO / "install" / "setup-env.ps1").is_file()
 
 
 @needs_bash
@@ -68,7 +68,7 @@ def test_shellcheck_clean(script):
 # --- environment files ------------------------------------------------------------------------------
 
 def _env_files() -> list[Path]:
-    return [REPO / "environment.yml"] + sorted(REPO.glob("backends/*/environment*.yml"))
+    return [REPO / "environment.yml"] + sorted(REPO.glob("install/envs/*/environment*.yml"))
 
 
 @pytest.mark.parametrize("path", _env_files(), ids=lambda p: p.relative_to(REPO).as_posix())
@@ -89,8 +89,8 @@ def test_environment_file_parses(path):
 
 def test_every_backend_has_an_environment_and_a_readme():
     for name in BACKENDS:
-        assert (REPO / "backends" / name / "environment.yml").is_file(), name
-        assert (REPO / "backends" / name / "README.md").is_file(), name
+        assert (REPO / "install" / "envs" / name / "environment.yml").is_file(), name
+        assert (REPO / "install" / "envs" / name / "README.md").is_file(), name
     names = {yaml.safe_load(p.read_text())["name"] for p in _env_files()}
     assert len(names) == len(_env_files()), "every environment has its own name"
 
@@ -124,7 +124,7 @@ def _pins_in(env: dict) -> set[str]:
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_environment_pins_what_the_readme_says(name):
-    folder = REPO / "backends" / name
+    folder = REPO / "install" / "envs" / name
     tables = _readme_pin_tables(folder / "README.md")
     assert "Pins" in tables, f"{name}/README.md needs a `## Pins` table"
     files = {"Pins": folder / "environment.yml"}
@@ -148,16 +148,16 @@ def test_pinned_versions_follow_the_backend_facts():
     def pins(path):
         return _pins_in(yaml.safe_load((REPO / path).read_text()))
 
-    assert {"torch==2.4.1", "torch-directml==0.2.5.dev240914"} <= pins("backends/directml/environment.yml")
-    assert "--extra-index-url https://download.pytorch.org/whl/xpu" in pins("backends/xpu/environment.yml")
-    assert not any("intel-extension" in p for p in pins("backends/xpu/environment.yml")), "IPEX is legacy-only"
-    assert "intel-extension-for-pytorch==2.8.10+xpu" in pins("backends/xpu/environment-ipex.yml")
-    assert "torch==2.8.0+xpu" in pins("backends/xpu/environment-ipex.yml")  # IPEX 2.8.10 needs torch 2.8
+    assert {"torch==2.4.1", "torch-directml==0.2.5.dev240914"} <= pins("install/envs/directml/environment.yml")
+    assert "--extra-index-url https://download.pytorch.org/whl/xpu" in pins("install/envs/xpu/environment.yml")
+    assert not any("intel-extension" in p for p in pins("install/envs/xpu/environment.yml")), "IPEX is legacy-only"
+    assert "intel-extension-for-pytorch==2.8.10+xpu" in pins("install/envs/xpu/environment-ipex.yml")
+    assert "torch==2.8.0+xpu" in pins("install/envs/xpu/environment-ipex.yml")  # IPEX 2.8.10 needs torch 2.8
     root = (REPO / "environment.yml").read_text()
     assert "pytorch>=2.4" in pins("environment.yml") and "__cuda" in root and "CONDA_OVERRIDE_CUDA" in root
 
 
-# --- scripts/setup-env.sh ---------------------------------------------------------------------------
+# --- install/setup-env.sh ---------------------------------------------------------------------------
 
 class FakeConda:
     """A PATH with a fake conda-like tool (and nothing else of ours), and its state folder."""
@@ -215,7 +215,7 @@ def test_dry_run_prints_the_env_file_and_the_commands(backend, conda):
     res = conda.run("--backend", backend, "--dry-run")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    env_file = REPO / ("environment.yml" if backend == "auto" else f"backends/{backend}/environment.yml")
+    env_file = REPO / ("environment.yml" if backend == "auto" else f"install/envs/{backend}/environment.yml")
     name = yaml.safe_load(env_file.read_text())["name"]
     assert f"environment file: {env_file}" in out
     assert env_file.read_text() in out  # the whole file, as it will be used
@@ -248,7 +248,7 @@ def test_setup_is_idempotent(conda):
     assert "changed: created environment tortoise-xpu-xpu" in first.stdout
     assert "backend xpu: available: fake xpu GPU, 16.0 GiB" in first.stdout
     assert conda.calls("env", "create") == [["env", "create", "-n", "tortoise-xpu-xpu", "-f",
-                                             str(REPO / "backends/xpu/environment.yml")]]
+                                             str(REPO / "install/envs/xpu/environment.yml")]]
     pip = [c for c in conda.calls("run") if "pip" in c]
     assert pip == [["run", "--no-capture-output", "-n", "tortoise-xpu-xpu", "python", "-m", "pip", "install",
                     "-e", str(REPO)]]
@@ -285,7 +285,7 @@ def test_unavailable_backend_is_reported_with_its_reason(conda):
     assert res.returncode == 3
     assert "backend xpu: NOT available: torch.xpu is not available: no Intel GPU driver (Level Zero) found" \
         in res.stdout
-    assert "backends/xpu/README.md" in res.stdout
+    assert "install/envs/xpu/README.md" in res.stdout
 
 
 @needs_bash
@@ -325,7 +325,7 @@ def test_micromamba_and_ipex_variant(tmp_path):
     fake = FakeConda(tmp_path, tool="micromamba")
     res = fake.run("--backend", "xpu", "--ipex", FAKE_DEVICES=json.dumps(_devices(xpu=True)))
     assert res.returncode == 0, res.stdout + res.stderr
-    env_file = str(REPO / "backends/xpu/environment-ipex.yml")
+    env_file = str(REPO / "install/envs/xpu/environment-ipex.yml")
     assert fake.calls("create") == [["create", "-y", "-n", "tortoise-xpu-xpu-ipex", "-f", env_file]]
     assert [c for c in fake.calls("run") if "pip" in c][0][-1] == f"{REPO}[ipex]"
     assert "ready: micromamba activate tortoise-xpu-xpu-ipex" in res.stdout
@@ -347,7 +347,7 @@ def test_usage_errors(conda, args, message):
 
 
 def test_powershell_script_covers_the_same_ground():
-    text = (REPO / "scripts" / "setup-env.ps1").read_text()
+    text = (REPO / "install" / "setup-env.ps1").read_text()
     for needle in ("directml", "xpu", "environment.yml", "devices", "--json", "setup-env.stamp", "DryRun",
                    "conda", "mamba", "micromamba", "pip", "install", "-e"):
         assert needle in text, needle
@@ -355,7 +355,7 @@ def test_powershell_script_covers_the_same_ground():
 
 @pytest.mark.skipif(shutil.which("pwsh") is None, reason="PowerShell (pwsh) is not installed here")
 def test_powershell_dry_run(tmp_path):
-    res = subprocess.run(["pwsh", "-NoProfile", "-File", str(REPO / "scripts" / "setup-env.ps1"),
+    res = subprocess.run(["pwsh", "-NoProfile", "-File", str(REPO / "install" / "setup-env.ps1"),
                           "-Backend", "directml", "-DryRun"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "torch-directml==0.2.5.dev240914" in res.stdout and "devices --json" in res.stdout

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, DIFFUSION_SAMPLE_RATE
 from tortoise_xpu.audio.resample import resample
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "prepare_diffusion_clips",
 ]
 
-AR_SAMPLE_RATE = 22050
-DIFFUSION_SAMPLE_RATE = 24000
 AR_CLIP_SAMPLES = 132300
 DIFFUSION_CLIP_SAMPLES = 102400
 

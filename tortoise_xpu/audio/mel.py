@@ -40,7 +40,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from tortoise_xpu.backends.audit import cpu_route
+from tortoise_xpu.backends.markers import cpu_route
 
 __all__ = [
     "MelSpec",

@@ -3,16 +3,16 @@
 No Intel Arc or DirectML device is needed to know whether a run would be legal there.
 :class:`Recorder` is a ``TorchDispatchMode``: while it is active every aten op (after
 autograd and composite decompositions, i.e. the ops a device kernel would have to run) is
-logged with its input/output dtypes, the pipeline stage it ran for and where it ran.  An
-:class:`AuditRules` table per backend, kept next to each backend's module (``AUDIT_RULES``
-in ``xpu.py``, ``directml.py``, ``mps.py``, ``cuda.py``, ``cpu.py``), then says which of
-those ops would break there: dtypes the device lacks (float64 on Arc, complex on DirectML),
+logged with its input/output dtypes, the pipeline stage it ran for and where it ran.  Each
+backend's :class:`~tortoise_xpu.backends.base.AuditRules` (``Backend.audit_rules``: the
+``audit_table`` kept in the backend's class next to its quirks) then says which of those ops
+would break there: dtypes the device lacks (float64 on Arc, complex on DirectML),
 ops with no kernel that silently fall back to the CPU, ops whose kernel is broken, and the
 ops the backend's ``Quirks.cpu_ops`` say must not run on it.
 
 Where an op ran: on a real device, the devices of its tensors say it.  In a *simulated*
 run (everything on the CPU while the target backend's Policy plans it, see
-:class:`SimulatedBackend`) every op counts as device work unless the code declared it
+:class:`~tortoise_xpu.backends.simulated.SimulatedBackend`) every op counts as device work unless the code declared it
 host work on purpose:
 
 * ``with cpu_route("why"):`` or ``@cpu_route("why")`` around code that runs on the CPU by
@@ -21,8 +21,8 @@ host work on purpose:
   draws: ``torch.randn(..., generator=cpu_gen)``) is host work by construction.
 
 Those are reported as deliberate CPU routes, never as violations.  Stages come from
-``with stage("ar"):`` (``TextToSpeech._timed`` opens one per stage).  Both markers only set
-a ``ContextVar`` when no audit is running.
+``with stage("ar"):`` (``TextToSpeech._timed`` opens one per stage).  Both markers live in
+:mod:`tortoise_xpu.backends.markers` and only set a ``ContextVar``.
 
 Example::
 
@@ -36,30 +36,23 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks, dtype_name
+from tortoise_xpu.backends.base import AuditRules, Backend, dtype_name
+from tortoise_xpu.backends.markers import current_route, current_stage
 
-__all__ = [
-    "AUDITED_BACKENDS", "AuditReport", "AuditRules", "OpRecord", "Recorder", "SimulatedBackend", "TYPICAL_DEVICES",
-    "Violation", "cpu_route", "current_route", "current_stage", "rules_for", "stage",
-]
+__all__ = ["AUDITED_BACKENDS", "AuditReport", "OpRecord", "Recorder", "Violation", "rules_for"]
 
 #: The backends whose audit rules restrict something (``tortoise-xpu doctor --backend all``).
 AUDITED_BACKENDS: tuple[str, ...] = ("xpu", "directml", "mps")
 
-#: Stage name of ops run outside any ``stage()`` block.
-NO_STAGE = "other"
 #: Route of ops that draw from a CPU generator.
 GENERATOR_ROUTE = "random draws from a CPU torch.Generator (one seed, one result on every backend)"
 #: Route of ops on meta tensors (shapes only, nothing computed).
@@ -67,119 +60,20 @@ META_ROUTE = "meta tensors (shape only, no computation)"
 #: Route of CPU ops in a real (not simulated) device run that no ``cpu_route`` declared.
 UNDECLARED_ROUTE = "host work not declared with cpu_route"
 
-_STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("tortoise_xpu_audit_stage", default=None)
-_ROUTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("tortoise_xpu_audit_route", default=None)
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _THIS_FILE = os.path.abspath(__file__)
 
 
-# ------------------------------------------------------------------------------------------ markers
-@contextlib.contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Attribute the ops run inside to pipeline stage ``name`` (innermost stage wins)."""
-    token = _STAGE.set(name)
-    try:
-        yield
-    finally:
-        _STAGE.reset(token)
-
-
-def current_stage() -> str:
-    """The innermost open :func:`stage`, or ``"other"``."""
-    return _STAGE.get() or NO_STAGE
-
-
-@contextlib.contextmanager
-def cpu_route(reason: str) -> Iterator[None]:
-    """Declare the ops run inside as deliberate host (CPU) work, for ``reason``.
-
-    Use it (as a ``with`` block or a decorator) where code computes on the CPU on purpose,
-    e.g. float64 tables built on the host and cast to float32 before they reach a device.
-    It changes nothing at run time; an audit reports those ops as CPU routes instead of
-    checking them against the device's rules.  The tensors must really be CPU tensors:
-    on a real device run an op touching device tensors counts as device work regardless.
-    """
-    token = _ROUTE.set(reason)
-    try:
-        yield
-    finally:
-        _ROUTE.reset(token)
-
-
-def current_route() -> str | None:
-    """The reason of the innermost open :func:`cpu_route`, or ``None``."""
-    return _ROUTE.get()
-
-
-# ------------------------------------------------------------------------------------------ rules
-def _op_matches(pattern: str, op: str) -> bool:
-    """``"aten::eye"`` matches every overload of eye; ``"aten::normal.Tensor_Tensor"`` just that one."""
-    return pattern == op or pattern == op.split(".")[0]
-
-
-@dataclass(frozen=True)
-class AuditRules:
-    """What must not run on one backend's device.
-
-    ``forbidden_dtypes``: tensors of these dtypes cannot live on the device.
-    ``fallback_ops``: op pattern -> note; no device kernel, so the op silently runs on the
-    CPU (a host round trip per call, e.g. inside the AR loop).  ``broken_ops``: op pattern
-    -> note; the device kernel gives wrong results or crashes.  ``quirk_ops``: the schema
-    names the backend's ``Quirks.cpu_ops`` route to the CPU (filled in by :func:`rules_for`).
-    Patterns are ``"aten::name"`` (every overload) or ``"aten::name.overload"``.
-    """
-
-    backend: str
-    forbidden_dtypes: frozenset[torch.dtype] = frozenset()
-    fallback_ops: Mapping[str, str] = field(default_factory=dict)
-    broken_ops: Mapping[str, str] = field(default_factory=dict)
-    quirk_ops: frozenset[str] = frozenset()
-    notes: tuple[str, ...] = ()
-
-    def with_quirks(self, quirks: Quirks) -> "AuditRules":
-        """These rules plus the ops ``quirks`` say must run on the CPU."""
-        return AuditRules(self.backend, self.forbidden_dtypes, self.fallback_ops, self.broken_ops,
-                          self.quirk_ops | frozenset(quirks.cpu_ops), self.notes)
-
-    def problems(self, op: str, dtypes: tuple[torch.dtype, ...]) -> list[tuple[str, str]]:
-        """``(kind, why)`` for everything wrong with running ``op`` on ``dtypes`` on this device.
-
-        Kinds: ``"dtype"``, ``"broken"``, ``"fallback"``, ``"quirk"``.  Empty when legal.
-        """
-        found: list[tuple[str, str]] = []
-        bad = [dtype_name(d) for d in dict.fromkeys(dtypes) if d in self.forbidden_dtypes]
-        if bad:
-            found.append(("dtype", f"{', '.join(bad)} tensors on the device ({self.backend} has no {bad[0]})"))
-        for kind, table in (("broken", self.broken_ops), ("fallback", self.fallback_ops)):
-            for pattern, why in table.items():
-                if _op_matches(pattern, op):
-                    found.append((kind, why))
-                    break
-        if not any(k in ("broken", "fallback") for k, _ in found):
-            if any(_op_matches(p, op) for p in self.quirk_ops):
-                found.append(("quirk", f"{self.backend} quirks route this op to the CPU"))
-        return found
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "forbidden_dtypes": sorted(dtype_name(d) for d in self.forbidden_dtypes),
-                "fallback_ops": dict(self.fallback_ops), "broken_ops": dict(self.broken_ops),
-                "quirk_ops": sorted(self.quirk_ops), "notes": list(self.notes)}
-
-
 def rules_for(backend: str | Backend) -> AuditRules:
-    """The audit rules of a backend (by registry name, alias or instance), with its quirks merged in.
+    """The audit rules of a backend (by registry name, alias or instance): its
+    ``Backend.audit_rules``, the class's table with the quirks' CPU ops merged in (they may depend
+    on the installed torch, e.g. XPU FFT before 2.8).  A simulated backend gives its target's."""
+    if isinstance(backend, str):
+        from tortoise_xpu.backends import backend_class
 
-    The table is the ``AUDIT_RULES`` object of the backend's module; the quirk ops come from
-    the backend class (they may depend on the installed torch, e.g. XPU FFT before 2.8).
-    """
-    from tortoise_xpu.backends import backend_class
-
-    if isinstance(backend, SimulatedBackend):
-        backend = backend.target
-    cls = backend_class(backend) if isinstance(backend, str) else type(backend)
-    rules = getattr(sys.modules[cls.__module__], "AUDIT_RULES", None) or AuditRules(cls.name)
-    return rules.with_quirks(cls(0).quirks)
+        backend = backend_class(backend)(0)
+    return backend.audit_rules
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -292,7 +186,7 @@ class Recorder(TorchDispatchMode):
             return accel[0], None
         if kinds == {"meta"}:
             return "meta", META_ROUTE
-        route = _ROUTE.get()
+        route = current_route()
         if route is not None:
             return "host", route
         # A draw that creates its tensor from a CPU generator is made on the host; one that reads
@@ -311,7 +205,7 @@ class Recorder(TorchDispatchMode):
         _scan(kwargs, ins, generators)
         _scan(out, outs, generators)
         where, route = self._where(ins, outs, generators)
-        key = (func, _STAGE.get() or NO_STAGE, where, route, tuple(dict.fromkeys(t.dtype for t in ins)),
+        key = (func, current_stage(), where, route, tuple(dict.fromkeys(t.dtype for t in ins)),
                tuple(dict.fromkeys(t.dtype for t in outs)))
         rec = self.records.get(key)
         if rec is None:
@@ -438,94 +332,3 @@ class AuditReport:
                                     for r in self.device_random_draws()],
             "rules": self.rules.to_dict(),
         }
-
-
-# ------------------------------------------------------------------------------------------ simulation
-@dataclass(frozen=True)
-class TypicalDevice:
-    """The device a simulated run plans for when the real one is absent."""
-
-    label: str
-    capabilities: Capabilities
-    memory: MemoryInfo
-
-
-GiB = 1 << 30
-
-#: One common device per backend (graph capture off: the CPU cannot stand in for it).
-TYPICAL_DEVICES: Mapping[str, TypicalDevice] = {
-    "xpu": TypicalDevice("Intel Arc A770 16 GB (fp16, bf16, no fp64)",
-                         Capabilities("xpu", float16=True, bfloat16=True, float64=False, complex=True),
-                         MemoryInfo(16_225_243_136, 15_900_000_000)),
-    "directml": TypicalDevice("a DirectX 12 GPU (fp16; no bf16, fp64, complex; no memory figures)",
-                              Capabilities("directml", float16=True, bfloat16=False, float64=False, complex=False),
-                              MemoryInfo(None, None)),
-    "mps": TypicalDevice("Apple M2 on macOS 14 (fp16, bf16, no fp64; unified memory)",
-                         Capabilities("mps", float16=True, bfloat16=True, float64=False, complex=True,
-                                      unified_memory=True),
-                         MemoryInfo(16 * GiB, None)),
-    "cuda": TypicalDevice("NVIDIA RTX 3090 24 GB (fp16, bf16)",
-                          Capabilities("cuda", float16=True, bfloat16=True, float64=True, complex=True),
-                          MemoryInfo(25_438_126_080, 24_900_000_000)),
-    "cpu": TypicalDevice("the host CPU",
-                         Capabilities("cpu", float16=True, bfloat16=True, float64=True, complex=True,
-                                      unified_memory=True, is_cpu=True, weight_first_gemm=True),
-                         MemoryInfo(16 * GiB, 12 * GiB)),
-}
-
-
-# Imported here, not at the top: cpu.py imports this module for its AUDIT_RULES.
-from tortoise_xpu.backends.cpu import CPUBackend  # noqa: E402
-
-
-class SimulatedBackend(CPUBackend):
-    """The host CPU standing in for another backend's device.
-
-    Tensors live on the CPU, but the capabilities, quirks and memory are the target's (a
-    :data:`TYPICAL_DEVICES` entry unless given), so ``policy_for`` plans the run exactly as
-    it would for that device: its dtypes per stage, the real-valued STFT where complex
-    tensors are missing, its batch size and residency.  Pass it as ``device=`` to
-    ``TextToSpeech`` and run under a :class:`Recorder` to audit the target's code path.
-    """
-
-    name = "simulated"
-
-    def __init__(self, target: str, capabilities: Capabilities | None = None, memory: MemoryInfo | None = None):
-        from tortoise_xpu.backends import backend_class
-
-        super().__init__(0)
-        cls = backend_class(target)
-        self.target = cls.name
-        self._quirks = cls(0).quirks
-        typical = TYPICAL_DEVICES[self.target]
-        caps = capabilities or typical.capabilities
-        self._caps = dataclasses.replace(caps, graphs=False, quirks=self._quirks)
-        self._memory = memory if memory is not None else typical.memory
-        self.label = typical.label if capabilities is None else f"{self.target} (given capabilities)"
-
-    def __repr__(self) -> str:
-        return f"SimulatedBackend({self.target!r})"
-
-    def device_names(self) -> list[str]:
-        return [f"{self.label}, simulated on the CPU"]
-
-    def runtime(self) -> str | None:
-        return f"torch {torch.__version__} (CPU, simulating {self.target})"
-
-    def memory(self) -> MemoryInfo:
-        return self._memory
-
-    def capabilities(self) -> Capabilities:
-        return self._caps
-
-    @property
-    def quirks(self) -> Quirks:
-        return self._quirks
-
-    @property
-    def rules(self) -> AuditRules:
-        return rules_for(self.target)
-
-    def empty_cache(self) -> None:
-        """Nothing to return to a driver (and no garbage collection: it would only slow the audit)."""
-

@@ -18,11 +18,11 @@ import contextlib
 import gc
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, ContextManager, NamedTuple, TypeVar
+from typing import Any, ClassVar, ContextManager, Mapping, NamedTuple, TypeVar
 
 import torch
 
-__all__ = ["Backend", "Capabilities", "MemoryInfo", "Quirks", "dtype_name", "normalize_op_name"]
+__all__ = ["AuditRules", "Backend", "Capabilities", "MemoryInfo", "Quirks", "dtype_name", "normalize_op_name"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,60 @@ class Quirks:
     def to_dict(self) -> dict[str, Any]:
         return {"cpu_ops": sorted(self.cpu_ops), "needs_real_stft": self.needs_real_stft,
                 "non_blocking_copies": self.non_blocking_copies, "notes": list(self.notes)}
+
+
+def _op_matches(pattern: str, op: str) -> bool:
+    """``"aten::eye"`` matches every overload of eye; ``"aten::normal.Tensor_Tensor"`` just that one."""
+    return pattern == op or pattern == op.split(".")[0]
+
+
+@dataclass(frozen=True)
+class AuditRules:
+    """What must not run on one backend's device: the portability audit's rules (``backends/audit.py``).
+
+    ``forbidden_dtypes``: tensors of these dtypes cannot live on the device.
+    ``fallback_ops``: op pattern -> note; no device kernel, so the op silently runs on the
+    CPU (a host round trip per call, e.g. inside the AR loop).  ``broken_ops``: op pattern
+    -> note; the device kernel gives wrong results or crashes.  ``quirk_ops``: the schema
+    names the backend's ``Quirks.cpu_ops`` route to the CPU (merged in by ``Backend.audit_rules``).
+    Patterns are ``"aten::name"`` (every overload) or ``"aten::name.overload"``.
+    """
+
+    backend: str
+    forbidden_dtypes: frozenset[torch.dtype] = frozenset()
+    fallback_ops: Mapping[str, str] = field(default_factory=dict)
+    broken_ops: Mapping[str, str] = field(default_factory=dict)
+    quirk_ops: frozenset[str] = frozenset()
+    notes: tuple[str, ...] = ()
+
+    def with_quirks(self, quirks: Quirks) -> "AuditRules":
+        """These rules plus the ops ``quirks`` say must run on the CPU."""
+        return AuditRules(self.backend, self.forbidden_dtypes, self.fallback_ops, self.broken_ops,
+                          self.quirk_ops | frozenset(quirks.cpu_ops), self.notes)
+
+    def problems(self, op: str, dtypes: tuple[torch.dtype, ...]) -> list[tuple[str, str]]:
+        """``(kind, why)`` for everything wrong with running ``op`` on ``dtypes`` on this device.
+
+        Kinds: ``"dtype"``, ``"broken"``, ``"fallback"``, ``"quirk"``.  Empty when legal.
+        """
+        found: list[tuple[str, str]] = []
+        bad = [dtype_name(d) for d in dict.fromkeys(dtypes) if d in self.forbidden_dtypes]
+        if bad:
+            found.append(("dtype", f"{', '.join(bad)} tensors on the device ({self.backend} has no {bad[0]})"))
+        for kind, table in (("broken", self.broken_ops), ("fallback", self.fallback_ops)):
+            for pattern, why in table.items():
+                if _op_matches(pattern, op):
+                    found.append((kind, why))
+                    break
+        if not any(k in ("broken", "fallback") for k, _ in found):
+            if any(_op_matches(p, op) for p in self.quirk_ops):
+                found.append(("quirk", f"{self.backend} quirks route this op to the CPU"))
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "forbidden_dtypes": sorted(dtype_name(d) for d in self.forbidden_dtypes),
+                "fallback_ops": dict(self.fallback_ops), "broken_ops": dict(self.broken_ops),
+                "quirk_ops": sorted(self.quirk_ops), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -145,7 +199,7 @@ class Backend:
     ``supports(dtype)``, ``supports_complex``, ``supports_float64``,
     ``autocast(dtype)``, ``synchronize()``, ``empty_cache()``,
     ``manual_seed(seed)``, ``peak_memory()``, ``reset_peak_memory()``,
-    ``graphs``, ``quirks``, ``capabilities()``, ``to_device(x)``,
+    ``graphs``, ``quirks``, ``audit_rules``, ``capabilities()``, ``to_device(x)``,
     ``optimize(module, dtype)`` and ``describe()``.
     """
 
@@ -157,6 +211,8 @@ class Backend:
     device_type: ClassVar[str] = ""
     #: Whether ``name:N`` is meaningful (several devices of this kind may exist).
     indexed: ClassVar[bool] = True
+    #: What must not run on this backend's device (the portability audit); None: nothing.
+    audit_table: ClassVar[AuditRules | None] = None
 
     def __init__(self, index: int = 0):
         if index < 0:
@@ -254,6 +310,12 @@ class Backend:
     @property
     def quirks(self) -> Quirks:
         return Quirks()
+
+    @property
+    def audit_rules(self) -> AuditRules:
+        """The portability audit's rules for this device: :attr:`audit_table` plus the ops the
+        :attr:`quirks` route to the CPU (they may depend on the installed torch)."""
+        return (type(self).audit_table or AuditRules(self.name)).with_quirks(self.quirks)
 
     def autocast(self, dtype: torch.dtype) -> ContextManager:
         """A context that runs eligible ops in ``dtype``; a no-op context where unsupported.

@@ -45,6 +45,7 @@ class CPUBackend(Backend):
     name = "cpu"
     device_type = "cpu"
     indexed = False
+    # audit_table stays None: the CPU runs every op and dtype.
 
     def _probe(self) -> str | None:
         return None
@@ -72,8 +73,3 @@ class CPUBackend(Backend):
     def quirks(self) -> Quirks:
         return Quirks()
 
-
-# Portability audit (backends/audit.py): the CPU runs everything.
-from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
-
-AUDIT_RULES = AuditRules("cpu")

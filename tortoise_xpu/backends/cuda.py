@@ -26,6 +26,7 @@ class CUDABackend(DeviceModuleBackend):
     name = "cuda"
     aliases = ("rocm",)
     device_type = "cuda"
+    # audit_table stays None: CUDA and ROCm run every op and dtype the pipeline uses.
     graph_class = "CUDAGraph"
 
     def _module(self) -> Any:
@@ -96,8 +97,3 @@ class CUDABackend(DeviceModuleBackend):
             return Quirks(notes=("ROCm: HIP through the torch.cuda API",))
         return Quirks()
 
-
-# Portability audit (backends/audit.py): CUDA and ROCm run every op and dtype the pipeline uses.
-from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
-
-AUDIT_RULES = AuditRules("cuda")

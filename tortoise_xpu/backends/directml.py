@@ -4,7 +4,8 @@ torch-directml is in maintenance mode and pins torch 2.4.1, so it lives in its
 own environment.  Its devices are ``privateuseone:N``.  It reports no memory
 figures, has no complex dtypes (so STFT must be real-valued or on the CPU), no
 bf16, no autocast, and several ops that fall back to the CPU or are broken on
-the device (research/backends.md §2); those are listed in :attr:`quirks`.
+the device (DirectML issues #372, #437, #449, #431: multinomial, cumprod, repeat_interleave
+with a tensor of repeats, eye); those are listed in :attr:`quirks` and its audit table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks
+from tortoise_xpu.backends.base import AuditRules, Backend, Capabilities, MemoryInfo, Quirks
 
 __all__ = ["DirectMLBackend", "DML_CPU_OPS"]
 
@@ -50,12 +51,36 @@ def _import_dml() -> tuple[Any, str | None]:
         return None, f"torch-directml failed to load: {' '.join(str(exc).split())}"
 
 
+_FALLBACK = "no DirectML kernel: silently falls back to the CPU (a host round trip per call)"
+
+
 class DirectMLBackend(Backend):
     """``torch_directml``: DirectX 12 GPUs on Windows (AMD, Intel, NVIDIA, Qualcomm)."""
 
     name = "directml"
     aliases = ("dml",)
     device_type = "privateuseone"
+    #: What must not run on a DirectML device (microsoft/DirectML issue numbers in the notes).
+    audit_table = AuditRules(
+        "directml",
+        # No complex dtypes at all (#704, #421); float64 as the capabilities report it.
+        forbidden_dtypes=frozenset({torch.complex64, torch.complex128, torch.float64}),
+        fallback_ops={
+            "aten::multinomial": f"{_FALLBACK} (#372)",
+            "aten::cumprod": f"{_FALLBACK} (#437)",
+            "aten::normal.Tensor_Tensor": f"{_FALLBACK} (#405)",
+            "aten::_embedding_bag": f"{_FALLBACK} (#724)",
+            "aten::count_nonzero": f"{_FALLBACK} (#665)",
+            "aten::native_group_norm_backward": f"{_FALLBACK} (#678)",
+            "aten::_linalg_solve_ex": f"{_FALLBACK} (#431)",
+            "aten::to_sparse_csr": f"{_FALLBACK} (#414)",
+        },
+        broken_ops={
+            "aten::eye": "broken on DirectML: returns an empty tensor (#431)",
+            "aten::repeat_interleave.Tensor": "broken on DirectML: raises 'unbox expects Dml at::Tensor' (#449)",
+            "aten::_thnn_fused_lstm_cell": "broken on DirectML: the fused LSTM cell crashes (#677)",
+        },
+        notes=("DirectML is in maintenance mode; torch-directml pins torch 2.4.1",))
 
     def _probe(self) -> str | None:
         dml, reason = _import_dml()
@@ -120,30 +145,3 @@ class DirectMLBackend(Backend):
 
     def empty_cache(self) -> None:
         gc.collect()
-
-
-# Portability audit (backends/audit.py): what must not run on a DirectML device
-# (research/backends.md §2; microsoft/DirectML issue numbers in the notes).
-from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
-
-_FALLBACK = "no DirectML kernel: silently falls back to the CPU (a host round trip per call)"
-AUDIT_RULES = AuditRules(
-    "directml",
-    # No complex dtypes at all (#704, #421); float64 as the capabilities report it.
-    forbidden_dtypes=frozenset({torch.complex64, torch.complex128, torch.float64}),
-    fallback_ops={
-        "aten::multinomial": f"{_FALLBACK} (#372)",
-        "aten::cumprod": f"{_FALLBACK} (#437)",
-        "aten::normal.Tensor_Tensor": f"{_FALLBACK} (#405)",
-        "aten::_embedding_bag": f"{_FALLBACK} (#724)",
-        "aten::count_nonzero": f"{_FALLBACK} (#665)",
-        "aten::native_group_norm_backward": f"{_FALLBACK} (#678)",
-        "aten::_linalg_solve_ex": f"{_FALLBACK} (#431)",
-        "aten::to_sparse_csr": f"{_FALLBACK} (#414)",
-    },
-    broken_ops={
-        "aten::eye": "broken on DirectML: returns an empty tensor (#431)",
-        "aten::repeat_interleave.Tensor": "broken on DirectML: raises 'unbox expects Dml at::Tensor' (#449)",
-        "aten::_thnn_fused_lstm_cell": "broken on DirectML: the fused LSTM cell crashes (#677)",
-    },
-    notes=("DirectML is in maintenance mode; torch-directml pins torch 2.4.1",))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tortoise_xpu.backends.base import Backend, Capabilities, MemoryInfo, Quirks
+from tortoise_xpu.backends.base import AuditRules, Backend, Capabilities, MemoryInfo, Quirks
 from tortoise_xpu.backends.cpu import system_memory
 
 __all__ = ["MPSBackend"]
@@ -50,6 +50,9 @@ class MPSBackend(Backend):
     name = "mps"
     device_type = "mps"
     indexed = False
+    #: Apple GPUs have no float64 (nor complex128): Metal has no 64-bit float type.
+    audit_table = AuditRules("mps", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
+                             notes=("MPS has no float64: Metal shaders have no 64-bit float type",))
 
     def _probe(self) -> str | None:
         mps = _mps_backend()
@@ -120,9 +123,3 @@ class MPSBackend(Backend):
         # torch.mps reports current allocations only; there is no peak counter.
         return None
 
-
-# Portability audit (backends/audit.py): Apple GPUs have no float64 (nor complex128).
-from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
-
-AUDIT_RULES = AuditRules("mps", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
-                         notes=("MPS has no float64 (research/backends.md §3)",))

@@ -37,19 +37,21 @@ docs/backends.md shows it.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
 
+from tortoise_xpu.assets.catalogue import official_parameters
 from tortoise_xpu.backends.base import Backend, Capabilities, dtype_name
 from tortoise_xpu.errors import UserError
 
 __all__ = [
     "ARShape", "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
     "UNKNOWN_FREE_BYTES", "diffusion_workspace_bytes", "headroom_bytes", "make_policy", "overrides_from_args",
-    "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
+    "official_ar_shape", "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
 ]
 
 GiB = 1 << 30
@@ -58,18 +60,18 @@ MiB = 1 << 20
 #: Pipeline stages that have a dtype of their own.
 STAGES: tuple[str, ...] = ("ar", "clvp", "diffusion", "vocoder")
 
-#: float32 bytes of the official models, per stage (parameter counts of the official checkpoints x 4).
+#: float32 bytes of the official models, per stage (parameter counts of the official checkpoints x 4,
+#: from the asset catalogue).
 OFFICIAL_MODEL_BYTES: Mapping[str, int] = MappingProxyType({
-    "ar": 421_526_786 * 4,
-    "clvp": 243_846_145 * 4,
-    "diffusion": 292_334_380 * 4,
-    "vocoder": 14_865_506 * 4,
+    stage: official_parameters(file) * 4
+    for stage, file in (("ar", "autoregressive.pth"), ("clvp", "clvp2.pth"), ("diffusion", "diffusion_decoder.pth"),
+                        ("vocoder", "vocoder.pth"))
 })
 
 #: Part of the diffusion decoder's parameters held in the half dtype when its stage runs in half
 #: precision: the convolution/linear weights of its main layers after the first
 #: (``DiffusionTts.use_layer_autocast``); the rest stays float32, as in the original's use_fp16.
-DIFFUSION_HALF_FRACTION = 113_332_224 / 292_334_380
+DIFFUSION_HALF_FRACTION = 113_332_224 / official_parameters("diffusion_decoder.pth")
 
 #: Largest AR batch ever chosen: past it progress gets coarse and the per-step cache read grows
 #: with no throughput measured to gain (perf notes measured up to 64).
@@ -89,22 +91,41 @@ DIFFUSION_FRAMES = 2176
 
 @dataclass(frozen=True)
 class ARShape:
-    """The autoregressive model's dimensions that size its per-sample memory (official values)."""
+    """The autoregressive model's dimensions that size its per-sample memory.
 
-    layers: int = 30
-    dim: int = 1024
-    heads: int = 16
-    #: Static KV-cache length: max_text_tokens 402 + max_mel_tokens 604 + 2.
-    positions: int = 1008
-    vocab: int = 8194
+    Derived from the model's config (:meth:`of`); :func:`official_ar_shape` is the official one.
+    """
+
+    layers: int
+    dim: int
+    heads: int
+    #: Static KV-cache length: max_text_tokens + max_mel_tokens + 2 (1008 for the official model).
+    positions: int
+    vocab: int
+
+    @classmethod
+    def of(cls, config: Any) -> "ARShape":
+        """The shape of an AR model built with ``config`` (an ``ARConfig``: read, not imported)."""
+        return cls(layers=config.layers, dim=config.model_dim, heads=config.heads,
+                   positions=config.max_text_tokens + config.max_mel_tokens + 2, vocab=config.number_mel_codes)
+
+
+@functools.lru_cache(maxsize=None)
+def official_ar_shape() -> ARShape:
+    """The shape of the official AR model, from ``ARConfig``'s defaults (the official checkpoint's)."""
+    from tortoise_xpu.models.autoregressive import ARConfig
+
+    return ARShape.of(ARConfig())
 
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def per_sample_bytes(dtype: torch.dtype, shape: ARShape = ARShape()) -> int:
-    """Device bytes one AR candidate needs: its KV cache plus a working-memory margin."""
+def per_sample_bytes(dtype: torch.dtype, shape: ARShape | None = None) -> int:
+    """Device bytes one AR candidate needs: its KV cache plus a working-memory margin
+    (``shape``: the AR model's, default the official one)."""
+    shape = shape or official_ar_shape()
     item = _itemsize(dtype)
     length = shape.positions
     kv_cache = 2 * shape.layers * length * shape.dim * item
@@ -271,7 +292,7 @@ def _coerce_overrides(overrides: Overrides | Mapping[str, Any] | None) -> Overri
 
 def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | None,
                 model_bytes: Mapping[str, int] | None = None, candidates: int = 16,
-                overrides: Overrides | Mapping[str, Any] | None = None, shape: ARShape = ARShape()) -> Policy:
+                overrides: Overrides | Mapping[str, Any] | None = None, shape: ARShape | None = None) -> Policy:
     """Compute the run policy. Pure: same inputs, same Policy; no device is touched.
 
     Args:
@@ -282,7 +303,7 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
             other keys count as extra float32 models kept with the rest. Default: the official models.
         candidates: AR samples to generate (the preset's ``num_autoregressive_samples``).
         overrides: the user's choices; they win over every derived decision.
-        shape: the AR dimensions that size the KV cache.
+        shape: the AR dimensions that size the KV cache (default: the official model's).
 
     Raises:
         UserError: an override the device cannot honour (an unsupported dtype, both

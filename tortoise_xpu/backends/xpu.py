@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tortoise_xpu.backends.base import Capabilities, DeviceModuleBackend, MemoryInfo, Quirks
+from tortoise_xpu.backends.base import AuditRules, Capabilities, DeviceModuleBackend, MemoryInfo, Quirks
 from tortoise_xpu.errors import UserError
 
 __all__ = ["XPUBackend", "ipex_requested", "IPEX_ENV"]
@@ -46,6 +46,12 @@ class XPUBackend(DeviceModuleBackend):
 
     name = "xpu"
     device_type = "xpu"
+    #: Arc A-series and Core Ultra iGPUs have no float64 hardware, so float64 (and complex128)
+    #: tensors must stay on the host; the quirks' CPU ops (FFT before torch 2.8) are merged in
+    #: by ``audit_rules``.
+    audit_table = AuditRules(
+        "xpu", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
+        notes=("Arc A-series and Core Ultra iGPUs have no float64 hardware (has_fp64 is False)",))
     graph_class = "XPUGraph"  # torch.xpu has it in recent builds; graph_runner() probes for it
 
     def __init__(self, index: int = 0):
@@ -161,12 +167,3 @@ class XPUBackend(DeviceModuleBackend):
             return module
         return self._ipex.optimize(module.eval(), dtype=None if dtype == torch.float32 else dtype, inplace=True)
 
-
-# Portability audit (backends/audit.py): what must not run on an Intel GPU.  Arc A-series and
-# Core Ultra iGPUs have no float64 hardware, so float64 (and complex128) tensors must stay on the
-# host; the quirks' CPU ops (FFT before torch 2.8) are merged in by ``audit.rules_for``.
-from tortoise_xpu.backends.audit import AuditRules  # noqa: E402  (rules live with their backend)
-
-AUDIT_RULES = AuditRules(
-    "xpu", forbidden_dtypes=frozenset({torch.float64, torch.complex128}),
-    notes=("Arc A-series and Core Ultra iGPUs have no float64 (research/backends.md §1.2)",))

@@ -8,7 +8,8 @@ A unit is one ``tts`` call with a fixed text, seed (42) and voice, and a forced 
 codes (random weights never emit the stop token; real ones would stop at different lengths).
 The voice is synthetic so that no voice files are needed: two clips of 5.90 s and 5.19 s at
 22.05 kHz (the lengths of the anchor run's clips), harmonic tones on a drifting pitch under a
-syllable-rate envelope plus a little noise, made from a fixed seed (:func:`synthetic_voice`).
+syllable-rate envelope plus a little noise, made from a fixed seed
+(:func:`tortoise_xpu.audio.synthetic.synthetic_voice`, the voice ``doctor`` uses too).
 They go through the whole conditioning stage, as real clips do.
 
 Models are loaded first and timed on their own (``model_load_s``); then one warm-up run
@@ -38,9 +39,6 @@ from tortoise_xpu.cli.common import add_device_args, add_models_dir_arg
 
 DEFAULT_TEXT = "Hello world, this is a test."
 DEFAULT_SEED = 42
-#: Lengths (seconds) of the two synthetic clips: those of the clips the anchor run used.
-VOICE_SECONDS = (5.90, 5.19)
-VOICE_RATE = 22050
 #: Stage names of ``RunReport.stages`` in pipeline order (others, e.g. redaction, follow).
 STAGE_ORDER = ("conditioning", "ar", "clvp", "latents", "diffusion", "vocoder")
 SCHEMA = 1
@@ -86,29 +84,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------------------------------- voice
-def synthetic_voice(seed: int = 0, seconds: Sequence[float] = VOICE_SECONDS, rate: int = VOICE_RATE) -> list:
-    """Deterministic voice-like clips (1, n) at ``rate`` Hz: no voice files needed.
-
-    Each clip is 12 harmonics of a pitch drifting around 120 Hz, amplitude-modulated at a
-    syllable rate (~4 Hz), plus noise at -40 dB; peak 0.5.
-    """
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    clips = []
-    for i, sec in enumerate(seconds):
-        t = torch.arange(int(sec * rate), dtype=torch.float64) / rate
-        f0 = 110.0 + 15.0 * i + 12.0 * torch.sin(2 * math.pi * 0.3 * t)
-        phase = 2 * math.pi * torch.cumsum(f0, 0) / rate
-        offsets = torch.rand(12, generator=g, dtype=torch.float64) * 2 * math.pi
-        wave = sum(torch.sin(k * phase + offsets[k - 1]) / k for k in range(1, 13))
-        envelope = 0.55 + 0.45 * torch.sin(2 * math.pi * 4.0 * t + float(offsets[0]))
-        wave = wave * envelope + 0.01 * torch.randn(t.shape[0], generator=g, dtype=torch.float64)
-        clips.append((0.5 * wave / wave.abs().max()).float().unsqueeze(0))
-    return clips
-
-
 # ---------------------------------------------------------------------------------------- measuring
 def peak_rss_bytes() -> int | None:
     """The process's peak resident set size, where the OS reports it."""
@@ -133,6 +108,9 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         from tortoise_xpu.errors import UserError
 
         raise UserError(f"--repeat must be at least 1, got {repeat}")
+    from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, SAMPLE_RATE
+    from tortoise_xpu.audio.synthetic import VOICE_SECONDS, synthetic_voice
+
     voice = voice if voice is not None else synthetic_voice()
     kwargs = dict(voice_samples=voice, seed=unit.seed, force_tokens=unit.tokens,
                   num_autoregressive_samples=unit.candidates)
@@ -148,7 +126,7 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         stages = {k: r.stages[k] for k in STAGE_ORDER if k in r.stages}
         stages.update({k: v for k, v in r.stages.items() if k not in stages})
         return {"total_s": total, "cpu_time_s": cpu, "stages": stages, "other_s": max(0.0, total - sum(stages.values())),
-                "ar_steps": r.ar_steps, "audio_s": r.audio_seconds or wav.shape[-1] / 24000,
+                "ar_steps": r.ar_steps, "audio_s": r.audio_seconds or wav.shape[-1] / SAMPLE_RATE,
                 "peak_memory_bytes": r.peak_memory_bytes, "policy": r.policy}
 
     if warmup:
@@ -188,7 +166,7 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         "text": unit.text,
         "preset": unit.preset,
         "seed": unit.seed,
-        "voice": f"synthetic clips {VOICE_SECONDS} s at {VOICE_RATE} Hz (tortoise_xpu.cli.bench.synthetic_voice)",
+        "voice": f"synthetic clips {VOICE_SECONDS} s at {AR_SAMPLE_RATE} Hz (tortoise_xpu.audio.synthetic.synthetic_voice)",
         "warmup": warmup,
         "repeat": repeat,
         "total_s": best["total_s"],

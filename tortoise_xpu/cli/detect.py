@@ -24,14 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.audio.io import load_audio
+    from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.backends import resolve
     from tortoise_xpu.models.loading import load_model
 
     backend = resolve(args.device)
     # bad files fail before the model loads; only the seconds the classifier reads are read
-    clips = [load_audio(p, 24000, max_seconds=MAX_SECONDS) for p in args.clips]
+    clips = [load_audio(p, SAMPLE_RATE, max_seconds=MAX_SECONDS) for p in args.clips]
     model = backend.to_device(load_model("classifier", args.models_dir))
-    rows = [{"clip": path, "tortoise_probability": round(model.classify(clip, max_samples=24000 * MAX_SECONDS), 4)}
+    rows = [{"clip": path, "tortoise_probability": round(model.classify(clip, max_samples=SAMPLE_RATE * MAX_SECONDS), 4)}
             for path, clip in zip(args.clips, clips)]
     if args.json:
         print(json.dumps(rows, indent=2))

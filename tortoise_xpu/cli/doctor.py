@@ -3,7 +3,7 @@
 Part one needs no hardware.  For each target backend a short pipeline run (tiny random
 models unless ``--models-dir`` is given; a voice clip, so the STFT path runs; the p, DDIM
 and DPM++(2M) samplers) executes on the CPU while a
-:class:`~tortoise_xpu.backends.audit.SimulatedBackend` makes the pipeline plan it exactly as
+:class:`~tortoise_xpu.backends.simulated.SimulatedBackend` makes the pipeline plan it exactly as
 for that device: its Policy's dtypes, batch and residency, the real-valued STFT where
 complex tensors are missing.  A :class:`~tortoise_xpu.backends.audit.Recorder` logs every
 aten op and the backend's audit rules judge them: violations (must be none), the CPU
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,22 +49,13 @@ DEFAULT_RUNS: tuple[AuditRun, ...] = (
 )
 
 
-def synthetic_voice_clip(seconds: float = 2.5, sample_rate: int = 22050, seed: int = 0) -> "torch.Tensor":
-    """A deterministic speech-like test clip (1, T): a vibrato tone with harmonics and a little noise."""
-    import torch
-
-    t = torch.arange(int(seconds * sample_rate), dtype=torch.float32) / sample_rate
-    phase = 2 * math.pi * (140 * t + 3 * torch.sin(2 * math.pi * 5 * t))
-    wav = sum(0.25 / k * torch.sin(k * phase) for k in (1, 2, 3, 5))
-    noise = torch.randn(t.shape, generator=torch.Generator().manual_seed(seed)) * 0.02
-    return (wav * (0.6 + 0.4 * torch.sin(2 * math.pi * 1.5 * t)) + noise).unsqueeze(0)
-
-
 def run_pipeline(tts: Any, run: AuditRun, text: str = AUDIT_TEXT, clip: Any = None) -> Any:
     """Execute one :class:`AuditRun` on ``tts`` (a ``TextToSpeech``); returns the waveform."""
     kwargs: dict[str, Any] = {**TINY_SETTINGS, **run.settings}
     if run.voice == "clip":
-        kwargs["voice_samples"] = [clip if clip is not None else synthetic_voice_clip()]
+        from tortoise_xpu.audio.synthetic import synthetic_clip
+
+        kwargs["voice_samples"] = [clip if clip is not None else synthetic_clip()]
     return tts.tts_with_preset(text, preset=run.preset, seed=run.seed, **kwargs)
 
 
@@ -104,12 +94,15 @@ def audit_backend(target: str, models_dir: str | Path, runs: tuple[AuditRun, ...
 
     ``extra(tts)``, if given, is called under the same recorder after the runs (more code paths).
     """
-    from tortoise_xpu.backends.audit import Recorder, SimulatedBackend, rules_for
+    from tortoise_xpu.backends.audit import Recorder, rules_for
+    from tortoise_xpu.backends.simulated import SimulatedBackend
     from tortoise_xpu.pipeline import TextToSpeech
 
     sim = SimulatedBackend(target)
     tts = TextToSpeech(models_dir=models_dir, device=sim)
-    clip = synthetic_voice_clip()
+    from tortoise_xpu.audio.synthetic import synthetic_clip
+
+    clip = synthetic_clip()
     recorder = Recorder(simulated=True)
     start = time.perf_counter()
     candidates = TINY_SETTINGS["num_autoregressive_samples"]
@@ -215,7 +208,9 @@ def device_checks(name: str) -> dict[str, Any]:
     def stft():
         from tortoise_xpu.audio.mel import ar_mel
 
-        clip = synthetic_voice_clip(seconds=2.0)
+        from tortoise_xpu.audio.synthetic import synthetic_clip
+
+        clip = synthetic_clip(seconds=2.0)
         want = ar_mel(clip, use_complex=True)
         dev_clip = backend.to_device(clip)
         out, ms = _timed_ms(lambda: ar_mel(dev_clip, use_complex=policy.use_complex_stft), backend)

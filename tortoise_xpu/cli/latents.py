@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.cli.synth import build_tts
     from tortoise_xpu.errors import UserError
+    from tortoise_xpu.audio.rates import AR_SAMPLE_RATE
     from tortoise_xpu.voices import (average_latents, load_voice_clips, resolve_voice, save_latents,
                                      voice_search_path)
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         latents += v.latents
     tts = build_tts(args)
     if clips:
-        wavs = load_voice_clips(clips, 22050)
+        wavs = load_voice_clips(clips, AR_SAMPLE_RATE)
         latents.append(tts.get_conditioning_latents(wavs, generator=torch.Generator().manual_seed(args.seed)))
     save_latents(args.output, *average_latents(latents))
     print(f"wrote {args.output} (from {len(clips)} clip(s){' and saved latents' if len(latents) > 1 else ''})",

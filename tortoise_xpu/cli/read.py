@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tortoise_xpu.audio.io import load_audio, save_wav
+    from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.longform import read_chunks
@@ -98,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
                 progress.advance(chunk_task, i + 1)
 
         try:
-            result = read_chunks(chunks, out, synthesize, lambda p, w: save_wav(p, w, 24000, subtype=subtype),
-                                 lambda p: load_audio(p, 24000, check=False), run_settings, seed, regenerate,
+            result = read_chunks(chunks, out, synthesize, lambda p, w: save_wav(p, w, SAMPLE_RATE, subtype=subtype),
+                                 lambda p: load_audio(p, SAMPLE_RATE, check=False), run_settings, seed, regenerate,
                                  on_chunk)
         except KeyboardInterrupt:
             # Finished chunks and the manifest are on disk whole; nothing partial is left.

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.rates import SAMPLE_RATE
 
     if args.stream:
         return run_stream(args, tts, chunks, settings, seed, progress)
@@ -95,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.output, args.candidates)
     subtype = "FLOAT" if args.float32 else "PCM_16"
     for path, parts in zip(paths, per_candidate):
-        save_wav(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), 24000, subtype=subtype)
-    seconds = sum(w.shape[-1] for w in per_candidate[0]) / 24000
+        save_wav(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), SAMPLE_RATE, subtype=subtype)
+    seconds = sum(w.shape[-1] for w in per_candidate[0]) / SAMPLE_RATE
     summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
                "chunks": len(chunks)}
@@ -113,6 +114,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
     import torch
 
     from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.cli.synth import voice_inputs
     from tortoise_xpu.pipeline.stream import StreamStats
 
@@ -134,8 +136,8 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
             for stage, sec in tts.last_report.stages.items():
                 timings[stage] = timings.get(stage, 0.0) + sec
     wav = torch.cat(parts) if parts else torch.zeros(0)
-    save_wav(args.output, wav.reshape(1, -1), 24000, subtype="FLOAT" if args.float32 else "PCM_16")
-    seconds = wav.numel() / 24000
+    save_wav(args.output, wav.reshape(1, -1), SAMPLE_RATE, subtype="FLOAT" if args.float32 else "PCM_16")
+    seconds = wav.numel() / SAMPLE_RATE
     summary = {"outputs": [args.output], "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,
                "stream_chunks": len(parts), "policy": tts.last_report.policy,

@@ -67,6 +67,7 @@ def build_tts(args: argparse.Namespace, progress: StageProgress | None = None):
 
 def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str, Any]:
     """Keyword arguments for ``tts.tts`` for a voice spec: clips, latents, or nothing (random)."""
+    from tortoise_xpu.audio.rates import AR_SAMPLE_RATE
     from tortoise_xpu.voices import average_latents, load_voice_clips, resolve_voice, voice_search_path
 
     voice = resolve_voice(spec, voice_search_path(voices_dirs))
@@ -74,7 +75,7 @@ def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str,
         return {}
     latents = list(voice.latents)
     if voice.clips:
-        clips = load_voice_clips(voice.clips, 22050)  # unusable clips skipped; none usable: AudioError
+        clips = load_voice_clips(voice.clips, AR_SAMPLE_RATE)  # unusable clips skipped; none usable: AudioError
         if not latents:
             return {"voice_samples": clips}
         latents.append(tts.get_conditioning_latents(clips, generator=torch.Generator().manual_seed(seed)))

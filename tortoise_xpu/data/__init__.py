@@ -12,13 +12,10 @@ from pathlib import Path
 
 import torch
 
+from tortoise_xpu.assets.catalogue import MEL_NORMS_FILE, N_MEL_NORMS, TOKENIZER_FILE
 from tortoise_xpu.errors import ModelFileError
 
 __all__ = ["MEL_NORMS_FILE", "TOKENIZER_FILE", "load_mel_norms"]
-
-MEL_NORMS_FILE = "mel_norms.pth"
-TOKENIZER_FILE = "tokenizer.json"
-N_MEL_NORMS = 80
 
 
 def load_mel_norms(path: str | os.PathLike) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from tortoise_xpu.backends.audit import cpu_route
+from tortoise_xpu.backends.markers import cpu_route
 
 # For the portability audit (backends/audit.py): the float64 tables are deliberate host work.
 _HOST_TABLES = "diffusion schedule: float64 tables built on the host, used as float32"

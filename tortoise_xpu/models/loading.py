@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from tortoise_xpu import assets
+from tortoise_xpu.assets import catalogue, folder
 from tortoise_xpu.errors import ModelFileError
 from tortoise_xpu.fileio import atomic_path
 from tortoise_xpu.models import registry
@@ -161,11 +161,25 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> LoadReport
     return report
 
 
-def _config_preset(name: str, directory: Path | None) -> str:
-    """The preset a folder's manifest records for ``name`` (``tiny`` for tiny random weights)."""
-    entry = assets.read_manifest(directory).get(name) if directory is not None else None
-    preset = (entry or {}).get("config")
-    return preset if preset in ("official", "tiny") else "official"
+def recorded_config(name: str, directory: str | os.PathLike | None, st_meta: dict[str, str] | None = None) -> Any:
+    """The config the file of ``name`` was written with, where that was recorded; else None.
+
+    Two places record it, both as :func:`~tortoise_xpu.models.registry.config_record` (the
+    constructor arguments): the ``config`` metadata of a safetensors file written by
+    :func:`convert_to_safetensors`, and the ``config`` of the file's entry in the folder's manifest
+    (written by :func:`write_random_weights`).  Official files carry no record: None means the
+    official config.
+    """
+    s = registry.spec(name)
+    record: Any = None
+    if st_meta and st_meta.get("config"):
+        try:
+            record = json.loads(st_meta["config"])
+        except ValueError:
+            record = None
+    if record is None and directory is not None:
+        record = (folder.read_manifest(directory).get(s.file) or {}).get("config")
+    return s.config_from_record(record) if isinstance(record, dict) else None
 
 
 def load_model(name: str, models_dir: str | os.PathLike | None = None, config: Any = None,
@@ -175,9 +189,9 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
 
     The file is found with :func:`tortoise_xpu.assets.require` (a converted ``.safetensors``
     first) unless ``path`` is given.  ``config`` is a config instance, a preset name
-    (``"official"``, ``"tiny"``) or None: the official config, or the preset the folder's
-    manifest records for the file (``models random-weights --tiny``).  ``dtype`` casts the
-    floating-point weights (default: the network's own, float32).
+    (``"official"``, ``"tiny"``) or None: the config the file records (:func:`recorded_config`),
+    else the official one.  ``dtype`` casts the floating-point weights (default: the network's
+    own, float32).
 
     The network is built on the meta device and the file's tensors are assigned to it, so a
     full-size model costs no random initialisation and no second copy of its weights (when the
@@ -189,8 +203,8 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
         file_path = Path(path)
         directory = Path(models_dir) if models_dir is not None else file_path.parent
     else:
-        directory = assets.models_dir(models_dir)
-        file_path = assets.require(s.file, directory)
+        directory = folder.models_dir(models_dir)
+        file_path = folder.require(s.file, directory)
     raw = load_state(file_path)
     st_meta = safetensors_metadata(file_path) if file_path.suffix == ".safetensors" else {}
     if st_meta.get("format") == _ST_FORMAT:
@@ -198,8 +212,7 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None, config: A
     else:
         state = _convert_or_explain(s, raw, file_path.name)
     if config is None:
-        config = st_meta.get("config") if st_meta.get("config") in ("official", "tiny") else \
-            _config_preset(s.file, directory)
+        config = recorded_config(s.file, directory, st_meta)
 
     model = registry.build(s.file, config, device="meta")
     report = check_state_dict(model, state)
@@ -324,7 +337,8 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None
 
     ``name`` is the checkpoint it holds (default: ``src``'s file name, which must be a known one);
     the file is converted with that network's ``convert_state_dict`` and checked strictly against
-    the official network first (a tiny config is accepted too), so a broken file is not converted.
+    the network of the config the file records (:func:`recorded_config`; else the official one)
+    first, so a broken file is not converted; the config goes into the safetensors metadata.
     ``dst`` defaults to ``src`` with the ``.safetensors`` suffix; it is written atomically.
     """
     from safetensors.torch import save_file
@@ -336,17 +350,14 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None
         raise ModelFileError(f"{src.name}: the destination is the source")
     raw = load_state(src)
     state = _convert_or_explain(s, raw, src.name)
-    reports = {}
-    for preset in ("official", "tiny"):
-        reports[preset] = check_state_dict(registry.build(s.file, preset, device="meta"), state)
-        if reports[preset].ok:
-            break
-    else:
-        raise ModelFileError(_mismatch_message(src.name, s, reports["official"], raw))
+    config = recorded_config(s.file, src.parent) or s.config("official")
+    report = check_state_dict(registry.build(s.file, config, device="meta"), state)
+    if not report.ok:
+        raise ModelFileError(_mismatch_message(src.name, s, report, raw))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": _ST_FORMAT, "model": s.file, "class": s.class_name, "source": src.name,
-            "config": "official" if reports["official"].ok else "tiny"}
+            "config": json.dumps(registry.config_record(config), sort_keys=True)}
     with atomic_path(dst) as tmp:
         save_file(_unshared(state), str(tmp), metadata=meta)
     return dst
@@ -396,13 +407,13 @@ def write_random_weights(out_dir: str | os.PathLike, names: Iterable[str] | None
     ``torch.manual_seed(seed + i)`` (i: the file's index in the registry, so each file is
     reproducible on its own), constants perturbed unless ``perturb=False``, and saved in the
     official file format (``vocoder.pth`` as ``{'model_g': ...}`` with weight-norm pairs).  The
-    folder's manifest records each file's sha256, seed and config preset, so
-    :func:`load_model` picks the tiny config for tiny files.  ``progress(file_name)`` is called
+    folder's manifest records each file's sha256, seed and, for tiny files, the config record
+    (:func:`~tortoise_xpu.models.registry.config_record`) that :func:`load_model` builds them with.  ``progress(file_name)`` is called
     before each file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = [assets.asset(n).name for n in names] if names else list(registry.SPECS)
+    wanted = [catalogue.asset(n).name for n in names] if names else list(registry.SPECS)
     preset = "tiny" if tiny else "official"
     rows = []
     for index, file in enumerate(registry.SPECS):
@@ -413,15 +424,16 @@ def write_random_weights(out_dir: str | os.PathLike, names: Iterable[str] | None
         t0 = time.perf_counter()
         torch.manual_seed(seed + index)
         gen = torch.Generator().manual_seed(seed + index + 10_000)
-        model = registry.build(file, preset, device="cpu")
+        config = registry.SPECS[file].config(preset)
+        model = registry.build(file, config, device="cpu")
         if perturb:
             _perturb_constants(model, gen)
         path = save_checkpoint(file, model.state_dict(), out / file)
-        digest = assets.sha256_file(path) if sha else None
+        digest = folder.sha256_file(path) if sha else None
         size = path.stat().st_size
-        assets.record(out, file, sha256=digest, size=size, source="random-weights", seed=seed + index,
-                      config=preset, init="perturb" if perturb else "torch",
-                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        extra = {"config": registry.config_record(config)} if tiny else {}
+        folder.record(out, file, sha256=digest, size=size, source="random-weights", seed=seed + index,
+                      init="perturb" if perturb else "torch", time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
         rows.append(RandomWeightsRow(file, registry.SPECS[file].class_name,
                                      registry.checkpoint_parameter_count(file, model), size,
                                      time.perf_counter() - t0, digest))
@@ -435,7 +447,7 @@ def copy_data_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
     from tortoise_xpu.fileio import atomic_write_bytes
 
     copied = []
-    for a in assets.ASSETS.values():
+    for a in catalogue.ASSETS.values():
         if a.model:
             continue
         src = Path(src_dir) / a.name
@@ -448,7 +460,7 @@ def copy_data_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
         if a.sha256 and digest != a.sha256:
             raise ModelFileError(f"{src} is not the official {a.name} (sha256 {digest[:12]}…)")
         atomic_write_bytes(Path(out_dir) / a.name, data)
-        assets.record(out_dir, a.name, sha256=digest, size=len(data), source=f"copy of {src}",
+        folder.record(out_dir, a.name, sha256=digest, size=len(data), source=f"copy of {src}",
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         copied.append(a.name)
     return copied
@@ -468,7 +480,7 @@ def write_standin_data(out_dir: str | os.PathLike, overwrite: bool = False) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if overwrite or not (out / "tokenizer.json").exists():
+    if overwrite or not (out / catalogue.TOKENIZER_FILE).exists():
         symbols = ["[STOP]", "[UNK]", "[SPACE]", *"!'(),-./:;?", *"abcdefghijklmnopqrstuvwxyz"]
         vocab = {s: i for i, s in enumerate(symbols)}
         tokenizer = {
@@ -479,14 +491,14 @@ def write_standin_data(out_dir: str | os.PathLike, overwrite: bool = False) -> l
             "model": {"type": "BPE", "dropout": None, "unk_token": "[UNK]", "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "vocab": vocab, "merges": []},
         }
-        atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer, indent=1))
-        written.append("tokenizer.json")
-    if overwrite or not (out / "mel_norms.pth").exists():
-        norms = torch.linspace(-9.482, -1.604, 80)
-        with atomic_path(out / "mel_norms.pth") as tmp:
+        atomic_write_text(out / catalogue.TOKENIZER_FILE, json.dumps(tokenizer, indent=1))
+        written.append(catalogue.TOKENIZER_FILE)
+    if overwrite or not (out / catalogue.MEL_NORMS_FILE).exists():
+        norms = torch.linspace(-9.482, -1.604, catalogue.N_MEL_NORMS)
+        with atomic_path(out / catalogue.MEL_NORMS_FILE) as tmp:
             torch.save(norms, tmp)
-        written.append("mel_norms.pth")
+        written.append(catalogue.MEL_NORMS_FILE)
     for name in written:
-        assets.record(out, name, sha256=assets.sha256_file(out / name), source="stand-in",
+        folder.record(out, name, sha256=folder.sha256_file(out / name), source="stand-in",
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return written

@@ -16,18 +16,20 @@ otherwise the two facts above.
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import importlib
+import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch import nn
 
-from tortoise_xpu.errors import UserError
+from tortoise_xpu.assets.catalogue import asset, official_parameters
+from tortoise_xpu.errors import ModelFileError, UserError
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,14 @@ class ModelSpec:
     """How to build the network of one checkpoint file.
 
     ``official`` holds constructor overrides on top of the config class's defaults for the
-    official file (only ``rlg_diffuser.pth`` needs one: 2048 channels).  ``official_params`` is
-    the parameter count of the ORIGINAL class with the official config (anchors.md §3), i.e.
-    counted with weight-norm gains where the file has them.
+    official file (only ``rlg_diffuser.pth`` needs one: 2048 channels).  :attr:`official_params`
+    comes from the asset catalogue.
     """
 
     file: str
     module: str
     class_name: str
     config_name: str
-    official_params: int
     official: tuple[tuple[str, Any], ...] = ()
     wrapper_key: str | None = None
     weight_norm: bool = False
@@ -56,6 +56,12 @@ class ModelSpec:
     #: Overrides on top of the config class's ``tiny()`` so that the tiny models of every file fit
     #: together in one pipeline (latent widths, 100-band mels, 256-sample hop).
     tiny: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def official_params(self) -> int:
+        """The parameter count of the ORIGINAL class with the official config, counted with
+        weight-norm gains where the file has them (:func:`tortoise_xpu.assets.official_parameters`)."""
+        return official_parameters(self.file)
 
     def model_class(self) -> type[nn.Module]:
         """Import and return the network class (ImportError when its module is not there yet)."""
@@ -73,27 +79,49 @@ class ModelSpec:
             return dataclasses.replace(cls.tiny(), **dict(self.tiny)) if self.tiny else cls.tiny()
         raise UserError(f"unknown config preset {preset!r} (official, tiny)")
 
+    def config_from_record(self, record: Mapping[str, Any]) -> Any:
+        """The config a :func:`config_record` describes (JSON lists become tuples again).
+
+        Raises:
+            ModelFileError: the record names arguments the config class does not have.
+        """
+        cls = self.config_class()
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - names)
+        if unknown:
+            raise ModelFileError(f"{self.file}: the recorded config has arguments {self.config_name} does not "
+                                 f"take: {', '.join(unknown)}")
+        return cls(**{k: _tuples(v) for k, v in record.items()})
+
+
+def config_record(config: Any) -> dict[str, Any]:
+    """A config as a JSON-able dict of its constructor arguments (the manifest's ``config`` record)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
 
 _M = "tortoise_xpu.models."
 
 #: Every checkpoint file the package can load, keyed by file name.
 SPECS: dict[str, ModelSpec] = {s.file: s for s in (
-    ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig", 421_526_786,
+    ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig",
               extra_keys_ignored=True),
-    ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig", 292_334_380),
-    ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig", 243_846_145),
-    ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig", 37_780_225),
-    ModelSpec("vocoder.pth", _M + "vocoder", "UnivNetGenerator", "UnivNetConfig", 14_865_506,
+    ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig"),
+    ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig"),
+    ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig"),
+    ModelSpec("vocoder.pth", _M + "vocoder", "UnivNetGenerator", "UnivNetConfig",
               wrapper_key="model_g", weight_norm=True,
               tiny=(("n_mel_channels", 100), ("strides", (8, 8, 4)), ("hop_length", 256))),
     # The RLGs make the AR (model_dim) and diffusion (2 x model_channels) voice latents: 64 and 128 when tiny.
-    ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 6_297_600,
+    ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig",
               tiny=(("channels", 64),)),
-    ModelSpec("rlg_diffuser.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig", 25_178_112,
+    ModelSpec("rlg_diffuser.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig",
               official=(("channels", 2048),), tiny=(("channels", 128),)),
-    ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig",
-              15_224_002),
-    ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig", 17_844_226,
+    ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig"),
+    ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig",
               weight_norm=True, plain_weights=("cond_layer.weight",), extra_keys_ignored=True,
               tiny=(("in_channels", 64), ("cond_channels", 64), ("upsample_factors", (8, 8, 4)),
                     ("upsample_kernel_sizes", (16, 16, 8)))),
@@ -104,8 +132,6 @@ def spec(name: str) -> ModelSpec:
     """The spec of a checkpoint file (name, stem or alias as :func:`tortoise_xpu.assets.asset` takes)."""
     if name in SPECS:
         return SPECS[name]
-    from tortoise_xpu.assets import asset
-
     file = asset(name).name
     if file not in SPECS:
         raise UserError(f"{file} is a data file, not a model checkpoint")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from tortoise_xpu.audio.rates import SAMPLE_RATE
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.fileio import atomic_write_text
 
@@ -159,7 +160,7 @@ def read_chunks(chunks: list[str], folder: str | os.PathLike, synthesize: Callab
             wav = synthesize(entry["text"], seed)
             path = folder / entry["file"]
             save_wav(path, wav)
-            entry.update(status="done", sha256=file_sha256(path), seconds=round(wav.shape[-1] / 24000, 3))
+            entry.update(status="done", sha256=file_sha256(path), seconds=round(wav.shape[-1] / SAMPLE_RATE, 3))
             _write_manifest(folder, manifest)
             done.append(i)
             if on_chunk:

@@ -23,14 +23,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from tortoise_xpu.backends.audit import stage as audit_stage
+from tortoise_xpu.audio.rates import SAMPLE_RATE
+from tortoise_xpu.backends.markers import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
-SAMPLE_RATE = 24000
-AR_SAMPLE_RATE = 22050
 
 # Progress callback: (stage, done, total).
 Progress = Callable[[str, int, int], None]
@@ -137,18 +136,9 @@ class TextToSpeech:
     def _asset_path(self, name: str) -> Path:
         """Where asset ``name`` is in the models folder, downloading it first when allowed and missing."""
         from tortoise_xpu import assets
-        from tortoise_xpu.errors import ModelFileError, TortoiseError
 
-        path = assets.find(name, self.models_dir)
-        if path is not None or not self.auto_download:
-            return path if path is not None else assets.require(name, self.models_dir)
-        try:
-            return assets.download(name, self.models_dir, progress=self.progress is not None, retries=1)
-        except TortoiseError as exc:
-            raise ModelFileError(
-                f"{assets.asset(name).name} is not in {self.models_dir} and could not be downloaded ({exc}). "
-                f"Offline? Run `tortoise-xpu models download --models-dir DIR` on a machine with internet and "
-                f"copy DIR here, or pass --models-dir pointing at a folder that has the files") from None
+        return assets.ensure(name, self.models_dir, auto_download=self.auto_download,
+                             progress=self.progress is not None)
 
     def _stage_dtype(self, name: str) -> torch.dtype:
         stage = {"autoregressive": "ar", "clvp": "clvp", "cvvp": "clvp", "diffusion": "diffusion",
@@ -242,7 +232,7 @@ class TextToSpeech:
         self.backend.synchronize()
         start = time.perf_counter()
         try:
-            with audit_stage(stage):  # names the stage for the portability audit (backends/audit.py)
+            with audit_stage(stage):  # names the stage for the portability audit (backends/markers.py)
                 yield
             self.backend.synchronize()
         except Exception as exc:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from tortoise_xpu.assets.catalogue import TOKENIZER_FILE
 from tortoise_xpu.errors import ModelFileError, UserError
 from tortoise_xpu.text.cleaners import get_cleaner
 
@@ -41,7 +42,6 @@ SPACE_TOKEN = 2
 START_TEXT_TOKEN = 255
 # UnifiedVoice(max_text_tokens=402): its text position table has 402 + 2 rows.
 MAX_TEXT_TOKENS = 402
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextTooLongError(UserError):
