@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from tortoise_xpu import TextToSpeech
-    from tortoise_xpu.cli.bench import synthetic_voice
+    from tortoise_xpu.audio.synthetic import synthetic_voice
 
     tts = TextToSpeech(models_dir=args.models_dir, device=args.device, auto_download=False)
     voice = synthetic_voice()
