@@ -150,12 +150,13 @@ def test_bf16_weights_keep_fp32_logits_close(ar):
 def test_bucket_length_and_mode_choice(monkeypatch):
     assert [bucket_length(n, 64, 200) for n in (1, 64, 65, 190)] == [64, 64, 128, 192]
     assert bucket_length(199, 64, 200) == 200
-    monkeypatch.delenv("TORTOISE_XPU_DECODE", raising=False)
     assert choose_mode(graphs=True, has_runner=True) == "graph"
     assert choose_mode(graphs=True, has_runner=False) == "static"
     assert choose_mode(graphs=False, has_runner=True) == "eager"
+    assert choose_mode(graphs=True, has_runner=True, forced="static") == "static"
+    # The environment is the Policy's to read (backends/policy.py), not the engine's.
     monkeypatch.setenv("TORTOISE_XPU_DECODE", "static")
-    assert choose_mode(graphs=True, has_runner=True) == "static"
+    assert choose_mode(graphs=True, has_runner=True) == "graph"
     with pytest.raises(ValueError, match="decode mode"):
         choose_mode(False, False, "warp")
 
@@ -244,15 +245,17 @@ def test_cpu_backend_has_no_graphs_or_streams():
 # ------------------------------------------------------------------------------ through TextToSpeech
 def test_pipeline_codes_do_not_depend_on_the_decode_mode(tiny_models_dir, monkeypatch):
     from tortoise_xpu import TextToSpeech
+    from tortoise_xpu.pipeline import ar_sampling
 
     cond = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
     codes = {}
     for mode in ("eager", "static"):
         monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
-        tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=2)
-        codes[mode] = tts.sample_codes(cond, tts.text_tokens("decode modes"), 4, SamplingSettings(), 20,
-                                       torch.Generator().manual_seed(5))
-        assert tts._decoder().mode == mode
+        tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=2)  # the Policy reads the mode
+        ctx = tts.new_context(4, torch.Generator().manual_seed(5))
+        codes[mode] = ar_sampling.sample_codes(tts.store, ctx, cond, tts.text_tokens("decode modes"), 4,
+                                               SamplingSettings(), 20)
+        assert ctx.report.decode_mode == mode
     assert torch.equal(codes["eager"], codes["static"])
 
 
@@ -262,7 +265,9 @@ def test_load_models_reports_seconds_per_model(tiny_models_dir):
     tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
     times = tts.load_models(candidates=4)
     assert set(times) == {"autoregressive", "clvp", "diffusion", "vocoder"} and all(t >= 0 for t in times.values())
-    assert set(tts._models) >= set(times)
+    from tortoise_xpu.models.registry import spec
+
+    assert set(tts.store.loaded()) >= {spec(name).file for name in times}
 
 
 # ------------------------------------------------------------------------------ backends/offload.py

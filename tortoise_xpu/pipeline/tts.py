@@ -138,6 +138,10 @@ class TextToSpeech:
                                              tokenizer_basic=self.tokenizer_basic)
         return self._store
 
+    def checkpoint_overrides(self) -> dict[str, str]:
+        """The fine-tuned files in use instead of official ones, file name -> path (``--json`` names them)."""
+        return {file: str(path) for file, path in self.checkpoints.items()}
+
     @property
     def tokenizer(self):
         return self.store.tokenizer
