@@ -299,6 +299,11 @@ class ModelStore:
                     self._lease_owner = None
                     self._lease.notify_all()
 
+    def device_holder(self) -> Any:
+        """The run (context) holding the device lease now, or None."""
+        with self._lease:
+            return self._lease_owner
+
     # ------------------------------------------------------------------ AR decode engines
     @contextlib.contextmanager
     def decode_engine(self, policy: Any, progress: Callable[[int, int], None] | None = None) -> Iterator[Any]:
