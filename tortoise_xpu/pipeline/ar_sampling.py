@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tortoise_xpu.pipeline.conditioning import weight_dtype
+from tortoise_xpu.pipeline.store import weight_dtype
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
 __all__ = ["sample_codes"]

@@ -14,14 +14,9 @@ from typing import Any, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
+from tortoise_xpu.pipeline.store import weight_dtype
 
-__all__ = ["ar_conditioning", "check_latents", "conditioning_latents", "diffusion_conditioning", "random_latents",
-           "weight_dtype"]
-
-
-def weight_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The floating-point dtype a module's weights are stored in (its inputs must match)."""
-    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+__all__ = ["ar_conditioning", "check_latents", "conditioning_latents", "diffusion_conditioning", "random_latents"]
 
 
 def _clips(voice_samples: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:

@@ -26,7 +26,10 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class RunReport:
-    """What one run did: per-stage seconds (device-synchronised), memory, sizes."""
+    """What one run did: per-stage seconds (device-synchronised), memory, sizes.
+
+    While several runs share a device the stage times include waiting for it, and
+    ``peak_memory_bytes`` is the device's peak over the run, others' allocations included."""
 
     seed: int = 0
     stages: dict[str, float] = field(default_factory=dict)

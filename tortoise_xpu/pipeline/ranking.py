@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tortoise_xpu.pipeline.conditioning import weight_dtype
+from tortoise_xpu.pipeline.store import weight_dtype
 
 __all__ = ["rank"]
 

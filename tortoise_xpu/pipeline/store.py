@@ -36,11 +36,17 @@ from torch import nn
 
 from tortoise_xpu.errors import UserError
 
-__all__ = ["ModelStore", "IDLE_ENGINES"]
+__all__ = ["IDLE_ENGINES", "ModelStore", "weight_dtype"]
 
 #: Idle decode engines kept per decode configuration (one for batch runs, one for a stream, as a
 #: single-run process needs); more are made while runs overlap and dropped when they finish.
 IDLE_ENGINES = 2
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The floating-point dtype a prepared module's weights are stored in (its inputs must match:
+    the Policy's stage dtype, or float32 for the edges of a layer-autocast diffusion decoder)."""
+    return next(p.dtype for p in module.parameters() if p.is_floating_point())
 
 
 class ModelStore:

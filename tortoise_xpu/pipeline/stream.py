@@ -37,6 +37,7 @@ from tortoise_xpu.pipeline import conditioning, vocoding
 from tortoise_xpu.pipeline.context import RunContext
 from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
+from tortoise_xpu.pipeline.store import weight_dtype
 
 from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
 
@@ -153,7 +154,7 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
             store.decode_engine(ctx.policy) as engine:
         stop = ar.config.stop_mel_token
         steps = engine.iter_decode(ar, ar_latent, text_tokens.to(dev), u, sampling, max_tokens, force,
-                                   cache_dtype=conditioning.weight_dtype(ar), keep_hidden=True)
+                                   cache_dtype=weight_dtype(ar), keep_hidden=True)
         report.decode_mode = engine.mode
         decoded = 0  # codes the last vocoder pass covered
         done = False
