@@ -122,6 +122,19 @@ def test_each_model_loads_once_however_many_threads_ask(tiny_models_dir, monkeyp
     assert tts.store.held_bytes()["cpu"] == sum(t.numel() * t.element_size() for t in models[0].state_dict().values())
 
 
+def test_the_backend_optimises_each_model_once_after_its_preparation(tiny_models_dir, monkeypatch):
+    """``Backend.optimize`` (IPEX where asked for) sees every network the store loads, in its stage dtype."""
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", dtype="bfloat16")
+    seen = []
+    monkeypatch.setattr(tts.backend, "optimize", lambda module, dtype: seen.append((type(module).__name__, dtype))
+                        or module)
+    tts.load_models(["autoregressive", "vocoder", "rlg_auto"], candidates=2)
+    assert seen == [("UnifiedVoice", torch.bfloat16), ("UnivNetGenerator", torch.bfloat16),
+                    ("RandomLatentConverter", torch.float32)]
+
+
 def test_models_are_kept_per_preparation(tiny_models_dir):
     """A Policy that prepares a network differently gets its own copy: no run finds a model another
     Policy prepared (here the AR model, weight-first linears or not)."""

@@ -235,7 +235,8 @@ class TextToSpeech:
     def rank(self, text: torch.Tensor, codes: torch.Tensor, k: int, cvvp_amount: float = 0.0,
              ar_mels: torch.Tensor | None = None, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (N,) of fixed candidates against the text, and the indices of the best ``k``."""
-        return ranking.rank(self.store, self.new_context(codes.shape[0]), text, codes, k, cvvp_amount, ar_mels, batch)
+        return ranking.rank(self.store, self.new_context(DEFAULT_CANDIDATES), text, codes, k, cvvp_amount, ar_mels,
+                            batch)
 
     def latents_to_mel(self, latents: torch.Tensor, diff_latent: torch.Tensor, s: Mapping[str, Any],
                        generator: torch.Generator) -> torch.Tensor:
