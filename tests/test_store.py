@@ -176,6 +176,16 @@ def test_per_stage_runs_take_the_device_in_turn(tiny_models_dir):
     finally:
         pool.shutdown(wait=False)
     assert store.device_holder() is None
+    # A second run in the thread where a paused stream holds the device fails instead of waiting forever.
+    from tortoise_xpu.errors import TortoiseError
+
+    paused = TextToSpeech(models_dir=tiny_models_dir, device="cpu", low_vram=True)
+    stream = paused.tts_stream("Paused.", seed=1, **SCHEDULE)
+    next(stream)
+    with pytest.raises(TortoiseError, match="paused stream"):
+        paused.tts("Another.", seed=1, **FAST)
+    stream.close()
+    assert paused.store.device_holder() is None
     # A stage holds the lease only while its model is on the device.
     ctx = TextToSpeech(models_dir=tiny_models_dir, device="cpu", low_vram=True).new_context(1)
     with store.on_device("rlg_auto", ctx), store.on_device("rlg_diffuser", ctx):

@@ -17,7 +17,8 @@ Residency is the store's decision, made once (``resident``):
   run holds the store's *device lease* while any of its models is on the device, and another
   run's stage waits for it.  Runs interleave stage by stage, never inside one; a stream holds
   the lease for its whole life (its AR and HiFi-GAN models stay on the device between chunks),
-  so in per-stage mode other runs wait for a stream to finish.
+  so in per-stage mode other runs wait for a stream to finish.  A run started in the thread
+  where a paused stream holds the lease would wait for itself: it fails with a one-line error.
 
 The store also lends AR decode engines (pipeline/decode.py) out of a small pool: an engine's
 buffers and graphs belong to one run at a time and are reused by the next run of the same shape.
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from tortoise_xpu.errors import UserError
+from tortoise_xpu.errors import TortoiseError, UserError
 
 __all__ = ["IDLE_ENGINES", "ModelStore", "weight_dtype"]
 
@@ -88,6 +89,7 @@ class ModelStore:
         self._shuttle = None
         self._lease = threading.Condition()
         self._lease_owner: Any = None
+        self._lease_thread: int | None = None  # the thread that last took or re-took the lease
         self._lease_depth = 0
         self._on_device_count: dict[int, int] = {}
 
@@ -291,10 +293,17 @@ class ModelStore:
     def device_lease(self, owner: Any) -> Iterator[None]:
         """Hold the device for ``owner`` (a run's context); re-entrant for the same owner, released
         from whichever thread the owner's last block ends in (a stream may be advanced by several)."""
+        me = threading.get_ident()
         with self._lease:
             while self._lease_owner is not None and self._lease_owner is not owner:
+                if self._lease_thread == me:
+                    # The holder last ran in this thread and is suspended (a paused stream): waiting
+                    # here would wait for ourselves.  Fail with what to do instead of hanging.
+                    raise TortoiseError("per-stage mode (--low-vram): a paused stream in this thread holds the "
+                                        "device; finish or close it before starting another run here")
                 self._lease.wait()
             self._lease_owner = owner
+            self._lease_thread = me
             self._lease_depth += 1
         try:
             yield
@@ -303,6 +312,7 @@ class ModelStore:
                 self._lease_depth -= 1
                 if self._lease_depth == 0:
                     self._lease_owner = None
+                    self._lease_thread = None
                     self._lease.notify_all()
 
     def device_holder(self) -> Any:
