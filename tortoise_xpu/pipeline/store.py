@@ -161,6 +161,15 @@ class ModelStore:
 
         return self._asset("mel_norms", load)
 
+    def aligner(self) -> Any:
+        """The redaction stage's wav2vec2 CTC aligner on this store's backend (loaded once)."""
+        def load():
+            from tortoise_xpu.pipeline import redaction
+
+            return redaction.load_aligner(self.backend)
+
+        return self._asset("aligner", load)
+
     def _asset(self, key: str, load: Callable[[], Any]) -> Any:
         value = self._assets.get(key)
         if value is None:

@@ -336,10 +336,10 @@ class TextToSpeech:
             with ctx.timed("vocoder"):
                 wavs.append(vocoding.vocode(store, ctx, mel))
         if parsed is not None and parsed.has_redaction:
-            from tortoise_xpu.pipeline.redaction import redact
+            from tortoise_xpu.pipeline import redaction
 
             with ctx.timed("redaction"):
-                wavs = [redact(w, parsed, self.backend) for w in wavs]
+                wavs = redaction.cut_brackets(store, ctx, wavs, parsed)
         report.audio_seconds = wavs[0].shape[-1] / SAMPLE_RATE
         report.peak_memory_bytes = self.backend.peak_memory()
         result = wavs[0] if len(wavs) == 1 else wavs
