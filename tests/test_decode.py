@@ -228,6 +228,24 @@ def test_graph_runner_warms_up_on_a_side_stream_then_captures():
     assert runner.shared_pool() == "pool"
 
 
+def test_graph_capture_lets_other_threads_work_where_the_module_allows():
+    """A store serving several threads: capture in ``thread_local`` error mode where the module's
+    ``graph`` takes that option (torch.cuda's does), and without it where it does not."""
+    mod = FakeDeviceModule()
+    modes = []
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None, capture_error_mode="global"):
+        modes.append(capture_error_mode)
+        yield
+
+    plain = GraphRunner.probe(mod, "FakeGraph", torch.device("cpu"))
+    plain.capture(lambda: None, warmup=0)  # FakeDeviceModule.graph has no such option: not passed
+    mod.graph = graph
+    GraphRunner.probe(mod, "FakeGraph", torch.device("cpu")).capture(lambda: None, warmup=0)
+    assert modes == ["thread_local"]
+
+
 def test_side_stream_orders_copies_before_use():
     mod = FakeDeviceModule()
     side = SideStream.probe(mod, torch.device("cpu"))

@@ -19,6 +19,7 @@ out ``None`` and callers run eagerly.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator
 
 import torch
@@ -90,9 +91,19 @@ class GraphRunner:
                     restore()
         self.module.current_stream(self.device).wait_stream(side)
         graph = self.new_graph()
-        with self.module.graph(graph, pool=self.shared_pool()):
+        with self.module.graph(graph, pool=self.shared_pool(), **self._capture_options()):
             fn()
         return CapturedGraph(graph)
+
+    def _capture_options(self) -> dict[str, Any]:
+        """``capture_error_mode="thread_local"`` where the module's ``graph`` takes it: runs of other
+        threads sharing the device (a model store serving several callers) may allocate and
+        synchronise while this thread captures; only this thread's own unsafe calls are errors."""
+        try:
+            params = inspect.signature(self.module.graph).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {"capture_error_mode": "thread_local"} if "capture_error_mode" in params else {}
 
 
 class SideStream:
