@@ -136,7 +136,7 @@ class ModelStore:
                     f"Offline? Run `tortoise-xpu models download --models-dir DIR` on a machine with internet "
                     f"and copy DIR here, or pass --models-dir pointing at a folder that has the files") from None
 
-    def overrides(self) -> dict[str, str]:
+    def checkpoint_overrides(self) -> dict[str, str]:
         """The checkpoint overrides in use, file name -> path (for reports and ``--json``)."""
         return {file: str(path) for file, path in self.checkpoints.items()}
 
