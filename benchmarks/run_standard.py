@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from tortoise_xpu.cli.bench import (Unit, apply_decode_flags, comparison_table, load_for_bench,
+    from tortoise_xpu.cli.bench import (Unit, comparison_table, decode_overrides, load_for_bench,
                                         markdown_table, match_result, run_unit)
     from tortoise_xpu.fileio import atomic_write_text
     from tortoise_xpu.pipeline import TextToSpeech
@@ -92,7 +92,6 @@ def main(argv=None) -> int:
         ensure_weights(models_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
-    apply_decode_flags(args.decode, args.compile)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
         if not todo:
             continue
         tts = TextToSpeech(models_dir=models_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                           low_vram=low_vram)
+                           low_vram=low_vram, **decode_overrides(args.decode, args.compile))
         caps = tts.backend.capabilities()
         if low_vram and (caps.is_cpu or caps.unified_memory):
             log(f"skipping {', '.join(todo)}: {tts.backend.name} shares the host's memory (nothing to offload)")
@@ -114,7 +113,8 @@ def main(argv=None) -> int:
         for name in todo:
             tokens, text, _ = UNITS[name]
             log(f"unit {name}: {tokens} tokens, {text!r}")
-            result = run_unit(tts, Unit(tokens=tokens, text=text), repeat=args.repeat, warmup=args.warmup, log=log)
+            result = run_unit(tts, Unit(tokens=tokens, text=text), repeat=args.repeat, warmup=args.warmup, log=log,
+                              load_s=load_s)
             result["unit_name"] = name
             if low_vram:
                 result["label"] += ", low-VRAM"

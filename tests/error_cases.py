@@ -318,6 +318,7 @@ def fake_synth(monkeypatch):
     instead of running models, returns 0.2 s of a tone per candidate.  Records each call."""
     import torch
 
+    from tortoise_xpu.pipeline.context import RunContext
     from tortoise_xpu.pipeline.tts import TextToSpeech
 
     calls: list[dict] = []
@@ -338,7 +339,7 @@ def fake_synth(monkeypatch):
         wav = 0.3 * torch.sin(torch.arange(n) * (2 * math.pi * 220 / 24000)).reshape(1, n)
         return wav if k == 1 else [wav.clone() for _ in range(k)]
 
-    monkeypatch.setattr(TextToSpeech, "_timed", stop_at_models)
+    monkeypatch.setattr(RunContext, "timed", stop_at_models)
     monkeypatch.setattr(TextToSpeech, "tts", tts)
     return calls
 

@@ -150,12 +150,13 @@ def test_bf16_weights_keep_fp32_logits_close(ar):
 def test_bucket_length_and_mode_choice(monkeypatch):
     assert [bucket_length(n, 64, 200) for n in (1, 64, 65, 190)] == [64, 64, 128, 192]
     assert bucket_length(199, 64, 200) == 200
-    monkeypatch.delenv("TORTOISE_XPU_DECODE", raising=False)
     assert choose_mode(graphs=True, has_runner=True) == "graph"
     assert choose_mode(graphs=True, has_runner=False) == "static"
     assert choose_mode(graphs=False, has_runner=True) == "eager"
+    assert choose_mode(graphs=True, has_runner=True, forced="static") == "static"
+    # The environment is the Policy's to read (backends/policy.py), not the engine's.
     monkeypatch.setenv("TORTOISE_XPU_DECODE", "static")
-    assert choose_mode(graphs=True, has_runner=True) == "static"
+    assert choose_mode(graphs=True, has_runner=True) == "graph"
     with pytest.raises(ValueError, match="decode mode"):
         choose_mode(False, False, "warp")
 
@@ -227,6 +228,24 @@ def test_graph_runner_warms_up_on_a_side_stream_then_captures():
     assert runner.shared_pool() == "pool"
 
 
+def test_graph_capture_lets_other_threads_work_where_the_module_allows():
+    """A store serving several threads: capture in ``thread_local`` error mode where the module's
+    ``graph`` takes that option (torch.cuda's does), and without it where it does not."""
+    mod = FakeDeviceModule()
+    modes = []
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None, capture_error_mode="global"):
+        modes.append(capture_error_mode)
+        yield
+
+    plain = GraphRunner.probe(mod, "FakeGraph", torch.device("cpu"))
+    plain.capture(lambda: None, warmup=0)  # FakeDeviceModule.graph has no such option: not passed
+    mod.graph = graph
+    GraphRunner.probe(mod, "FakeGraph", torch.device("cpu")).capture(lambda: None, warmup=0)
+    assert modes == ["thread_local"]
+
+
 def test_side_stream_orders_copies_before_use():
     mod = FakeDeviceModule()
     side = SideStream.probe(mod, torch.device("cpu"))
@@ -244,15 +263,17 @@ def test_cpu_backend_has_no_graphs_or_streams():
 # ------------------------------------------------------------------------------ through TextToSpeech
 def test_pipeline_codes_do_not_depend_on_the_decode_mode(tiny_models_dir, monkeypatch):
     from tortoise_xpu import TextToSpeech
+    from tortoise_xpu.pipeline import ar_sampling
 
     cond = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
     codes = {}
     for mode in ("eager", "static"):
         monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
-        tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=2)
-        codes[mode] = tts.sample_codes(cond, tts.text_tokens("decode modes"), 4, SamplingSettings(), 20,
-                                       torch.Generator().manual_seed(5))
-        assert tts._decoder().mode == mode
+        tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", batch_size=2)  # the Policy reads the mode
+        ctx = tts.new_context(4, torch.Generator().manual_seed(5))
+        codes[mode] = ar_sampling.sample_codes(tts.store, ctx, cond, tts.text_tokens("decode modes"), 4,
+                                               SamplingSettings(), 20)
+        assert ctx.report.decode_mode == mode
     assert torch.equal(codes["eager"], codes["static"])
 
 
@@ -262,7 +283,9 @@ def test_load_models_reports_seconds_per_model(tiny_models_dir):
     tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
     times = tts.load_models(candidates=4)
     assert set(times) == {"autoregressive", "clvp", "diffusion", "vocoder"} and all(t >= 0 for t in times.values())
-    assert set(tts._models) >= set(times)
+    from tortoise_xpu.models.registry import spec
+
+    assert set(tts.store.loaded()) >= {spec(name).file for name in times}
 
 
 # ------------------------------------------------------------------------------ backends/offload.py

@@ -105,7 +105,7 @@ def test_oom_at_batch_one_says_what_to_try(tiny_models_dir, tmp_path, capsys, mo
 
 def test_oom_in_another_stage_is_one_clear_line(tts):
     with pytest.raises(OutOfMemory) as info:
-        with tts._timed("diffusion"):
+        with tts.new_context().timed("diffusion"):
             raise torch.OutOfMemoryError(FAKE_OOM)
     check_case("runtime.oom_other_stage", 1, "", line=str(info.value))
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # --debug still shows the original
@@ -113,7 +113,7 @@ def test_oom_in_another_stage_is_one_clear_line(tts):
 
 def test_a_bug_is_not_disguised_as_a_device_error(tts):
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as info:
-        with tts._timed("clvp"):
+        with tts.new_context().timed("clvp"):
             torch.zeros(2, 3) @ torch.zeros(2, 3)
     assert not isinstance(info.value, TortoiseError)
 

@@ -18,7 +18,7 @@ from tortoise_xpu.pipeline.sampling import SamplingSettings
 
 
 class _MetaBackend:
-    """The bits of a Backend that ``TextToSpeech._on_device`` and ``ModelShuttle`` use, on ``meta``."""
+    """The bits of a Backend that ``ModelStore.on_device`` and ``ModelShuttle`` use, on ``meta``."""
 
     device = torch.device("meta")
     quirks = Quirks(non_blocking_copies=False)
@@ -34,10 +34,6 @@ class _MetaBackend:
         pass
 
 
-def _with_policy(tts, candidates: int, **changes):
-    tts._policies[candidates] = dataclasses.replace(tts.policy(candidates), **changes)
-
-
 @pytest.fixture
 def tts(tiny_models_dir):
     from tortoise_xpu import TextToSpeech
@@ -45,23 +41,25 @@ def tts(tiny_models_dir):
     return TextToSpeech(models_dir=tiny_models_dir, device="cpu", auto_download=False)
 
 
-def test_resident_stage_after_a_per_stage_run_gets_the_model_on_the_device(tts):
-    # The policy is per candidate count: a per-stage run (e.g. 16 candidates on a small GPU) leaves
-    # each model pointing at its host copies; a later resident run (e.g. a 1-candidate stream) must
-    # not hand that host model to device inputs.
-    _with_policy(tts, 16, resident=False)
-    _with_policy(tts, 1, resident=True)
-    tts.backend, tts.device = _MetaBackend(), torch.device("meta")
-    tts._models["rlg_auto"] = torch.nn.Linear(4, 4)
+def test_model_place_is_the_stores_decision(tts, tiny_models_dir):
+    # Residency belongs to the store, not to a run's Policy: a per-stage store hands the model on the
+    # device for the stage and keeps it on the host otherwise, a resident store keeps it on the device,
+    # whatever the run's candidate count (no run finds a model left elsewhere by an earlier one).
+    from tortoise_xpu.pipeline.context import RunContext
+    from tortoise_xpu.pipeline.store import ModelStore
 
-    tts._candidates = 16
-    with tts._on_device("rlg_auto") as m:
-        assert next(m.parameters()).device.type == "meta"
-    assert next(tts._models["rlg_auto"].parameters()).device.type == "cpu"  # back on the host
-
-    tts._candidates = 1
-    with tts._on_device("rlg_auto") as m:
-        assert next(m.parameters()).device.type == "meta"
+    for candidates in (16, 1, 16):
+        per_stage = ModelStore(_MetaBackend(), tiny_models_dir, resident=False)
+        per_stage.put("rlg_auto", torch.nn.Linear(4, 4))
+        ctx = RunContext(policy=tts.policy(candidates), generator=torch.Generator())
+        with per_stage.on_device("rlg_auto", ctx) as m:
+            assert next(m.parameters()).device.type == "meta"
+        assert next(per_stage.model("rlg_auto", ctx.policy).parameters()).device.type == "cpu"  # back on the host
+    resident = ModelStore(_MetaBackend(), tiny_models_dir, resident=True)
+    resident.put("rlg_auto", torch.nn.Linear(4, 4))
+    for candidates in (16, 1):
+        with resident.on_device("rlg_auto", RunContext(policy=tts.policy(candidates), generator=torch.Generator())) as m:
+            assert next(m.parameters()).device.type == "meta"
 
 
 def test_kv_cache_dtype_follows_the_model_weights(tts):
@@ -73,24 +71,30 @@ def test_kv_cache_dtype_follows_the_model_weights(tts):
     codes = tts.sample_codes(cond, tts.text_tokens("dtype test"), 2, SamplingSettings(), 6,
                              torch.Generator().manual_seed(1))
     assert codes.shape == (2, 6) and codes.dtype == torch.long
-    tts._models.pop("autoregressive")
+    tts.store.unload("autoregressive")
 
 
-def test_per_stage_decode_state_is_dropped_before_the_cache_is_emptied(tts, monkeypatch):
+def test_per_stage_decode_state_is_dropped_before_the_cache_is_emptied(tiny_models_dir, monkeypatch):
     # In per-stage mode the KV cache and graphs must be released while the AR model is still in
     # its stage, so the backend's empty_cache() at the end of the stage can return their memory.
-    monkeypatch.setenv("TORTOISE_XPU_DECODE", "static")  # the mode that keeps buffers (graphs' base)
-    _with_policy(tts, 2, resident=False)
-    tts._candidates = 2
-    seen: list[bool] = []
+    from tortoise_xpu import TextToSpeech
+    from tortoise_xpu.pipeline import ar_sampling
+    from tortoise_xpu.pipeline.decode import DecodeEngine
 
-    def empty_cache():
-        engine = tts._decode_engine
-        seen.append(engine is None or engine._state is None)
+    # static: the mode that keeps buffers (graphs' base)
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", low_vram=True, decode_mode="static")
+    assert not tts.store.resident and not tts.policy(2).resident
+    events: list[str] = []
+    real_release = DecodeEngine.release
 
-    monkeypatch.setattr(tts.backend, "empty_cache", empty_cache)
+    def release(self):
+        events.append("release" if self.busy is False else "release-while-busy")
+        real_release(self)
+
+    monkeypatch.setattr(DecodeEngine, "release", release)
+    monkeypatch.setattr(tts.backend, "empty_cache", lambda: events.append("empty_cache"))
     cond = torch.randn(1, tts.model("autoregressive").config.model_dim, generator=torch.Generator().manual_seed(0))
-    tts.sample_codes(cond, tts.text_tokens("release test"), 2, SamplingSettings(), 5,
-                     torch.Generator().manual_seed(2))
-    assert tts._decode_engine.mode == "static"
-    assert seen and all(seen)
+    ctx = tts.new_context(2, torch.Generator().manual_seed(2))
+    ar_sampling.sample_codes(tts.store, ctx, cond, tts.text_tokens("release test"), 2, SamplingSettings(), 5)
+    assert ctx.report.decode_mode == "static"
+    assert events == ["release", "empty_cache"]

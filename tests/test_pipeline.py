@@ -86,11 +86,36 @@ def test_samplers_and_cond_free(tts, sampler, cond_free):
     assert wav.shape == (1, 52 * 256) and torch.isfinite(wav).all()
 
 
-def test_k_candidates_returns_list_in_score_order(tts):
+def test_k_candidates_returns_list_in_score_order(tts, monkeypatch):
+    """The k waveforms are the k best-scored candidates, best first: the ranking picks the top-k
+    indices in descending score order, the latents stage gets those candidates' codes in that order,
+    and the first waveform is the one k=1 returns (same draws in the same order)."""
+    from tortoise_xpu.pipeline import latents, ranking
+
+    seen = {}
+    real_rank, real_latents = ranking.rank, latents.ar_latents
+
+    def rank(store, ctx, text, codes, k, *args):
+        scores, best = real_rank(store, ctx, text, codes, k, *args)
+        seen.update(codes=codes.clone(), scores=scores.clone(), best=best.clone())
+        return scores, best
+
+    def ar_latents(store, ctx, ar_latent, text, codes):
+        seen["chosen"] = codes.clone()
+        return real_latents(store, ctx, ar_latent, text, codes)
+
+    monkeypatch.setattr(ranking, "rank", rank)
+    monkeypatch.setattr(latents, "ar_latents", ar_latents)
     out = tts.tts("Two of them.", k=2, seed=2, **FAST)
     assert isinstance(out, list) and len(out) == 2
     scores = tts.last_report.scores
-    assert len(scores) == 4
+    assert len(scores) == 4 and scores == seen["scores"].tolist()
+    order = sorted(range(4), key=lambda i: scores[i], reverse=True)
+    assert seen["best"].tolist() == order[:2]
+    assert scores[order[0]] >= scores[order[1]]
+    assert torch.equal(seen["chosen"], seen["codes"][order[:2]])
+    best_only = tts.tts("Two of them.", k=1, seed=2, **FAST)
+    assert torch.equal(out[0], best_only)
 
 
 def test_conditioning_latents_are_used(tts):

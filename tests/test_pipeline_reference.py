@@ -2,7 +2,7 @@
 
 Goldens: tests/reference/gen_pipeline.py (run in the reference venv; see it for what each holds).
 Both sides run four tiny models that fit together, filled with ``detweights.fill_``; here they are
-put straight into ``TextToSpeech._models`` so nothing is read from files.  Each stage is fed the
+put straight into the model store (``tts.store.put``) so nothing is read from files.  Each stage is fed the
 original's inputs for that stage and compared (float32, CPU, one thread):
 
 * conditioning latents (AR and diffusion) from two synthetic clips;
@@ -76,11 +76,12 @@ def built(golden, tmp_path_factory):
     from tortoise_xpu.models.loading import write_standin_data
 
     models, digests = _models(golden)
-    # A folder with the stand-in data files only: the models go straight into ``_models``.
+    # A folder with the stand-in data files only: the models go straight into the store (``store.put``).
     folder = tmp_path_factory.mktemp("no-model-files")
     write_standin_data(folder)
     tts = TextToSpeech(models_dir=folder, device="cpu")
-    tts._models.update(models)
+    for name, model in models.items():
+        tts.store.put(name, model)
     # The golden script patched the original's AR mel to these same stand-in norms.
     assert torch.equal(tts.mel_norms, golden["mel_norms"])
     return tts, digests
@@ -199,13 +200,15 @@ def test_tts_end_to_end_with_fixed_candidates(golden, tts, monkeypatch):
     r, s = golden["ranking"], golden["sampling"]
     calls = []
 
-    def fixed_candidates(cond, text, num_samples, settings, max_tokens, generator, force_tokens=False):
+    from tortoise_xpu.pipeline import ar_sampling
+
+    def fixed_candidates(store, ctx, cond, text, num_samples, settings, max_tokens, force=False):
         calls.append((num_samples, max_tokens))
         assert torch.equal(text.cpu(), golden["text_tokens"])
         return r["raw"].clone()
 
     monkeypatch.setattr(tts, "text_tokens", lambda text: golden["text_tokens"].clone())
-    monkeypatch.setattr(tts, "sample_codes", fixed_candidates)
+    monkeypatch.setattr(ar_sampling, "sample_codes", fixed_candidates)
     wavs = tts.tts(golden["text"], voice_samples=golden["clips"], k=r["k"], seed=golden["tail"]["seed"],
                    num_autoregressive_samples=r["raw"].shape[0], max_mel_tokens=s["max_tokens"],
                    **s["settings"], **_settings(golden, "p", True))

@@ -48,7 +48,7 @@ def test_simulated_device_policy(key):
     for p in (p16, p96):
         assert (p.ar_dtype, p.clvp_dtype, p.diffusion_dtype, p.vocoder_dtype) == (half, half, half, vocoder)
         assert p.resident is resident
-        assert p.kv_cache is True
+        assert p.decode_mode == ("graph" if graphs else "eager")
         assert p.graph_capture is graphs
         assert p.use_complex_stft is complex_stft
     assert (p16.ar_batch_size, p96.ar_batch_size) == (batch16, batch96)
@@ -133,12 +133,23 @@ def test_low_and_high_vram_together_is_a_user_error():
         sim_policy(SIM_BY_KEY["cpu"], low_vram=True, high_vram=True)
 
 
-def test_kv_cache_and_graph_capture_overrides():
+def test_graph_capture_and_decode_overrides(monkeypatch):
     assert sim_policy(SIM_BY_KEY["h100"], graph_capture=False).graph_capture is False
-    no_cache = sim_policy(SIM_BY_KEY["h100"], kv_cache=False)
-    assert no_cache.kv_cache is False and no_cache.graph_capture is False
+    assert sim_policy(SIM_BY_KEY["h100"], graph_capture=False).decode_mode == "eager"
+    # A forced graph mode where the backend has no graphs runs the same static steps.
+    assert sim_policy(SIM_BY_KEY["cpu"], decode_mode="graph").decode_mode == "static"
     # Asking for graphs where the backend has none does not switch them on.
     assert sim_policy(SIM_BY_KEY["apple-m2"], graph_capture=True).graph_capture is False
+    # The environment switches are read where a live Policy is made, and overrides win over them.
+    monkeypatch.setenv("TORTOISE_XPU_DECODE", "static")
+    monkeypatch.setenv("TORTOISE_XPU_DECODE_BUCKET", "32")
+    monkeypatch.setenv("TORTOISE_XPU_COMPILE", "1")
+    p = policy_for(resolve("cpu"), candidates=4)
+    assert (p.decode_mode, p.decode_bucket, p.compile) == ("static", 32, "inductor")
+    assert policy_for(resolve("cpu"), candidates=4, decode_mode="eager", compile=False).decode_mode == "eager"
+    monkeypatch.setenv("TORTOISE_XPU_DECODE", "warp")
+    with pytest.raises(UserError, match="decode mode"):
+        policy_for(resolve("cpu"), candidates=4)
 
 
 def test_weight_first_ar_linears_only_where_the_backend_says_and_in_float32():

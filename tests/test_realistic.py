@@ -58,16 +58,18 @@ def clips():
 
 
 def spy_codes(tts, monkeypatch) -> list[torch.Tensor]:
-    """Record the raw candidates ``tts()`` samples."""
+    """Record the raw candidates ``tts()`` samples (its AR sampling stage, pipeline/ar_sampling.py)."""
+    from tortoise_xpu.pipeline import ar_sampling
+
     seen: list[torch.Tensor] = []
-    real = tts.sample_codes
+    real = ar_sampling.sample_codes
 
     def wrapped(*a, **kw):
         out = real(*a, **kw)
         seen.append(out.clone())
         return out
 
-    monkeypatch.setattr(tts, "sample_codes", wrapped)
+    monkeypatch.setattr(ar_sampling, "sample_codes", wrapped)
     return seen
 
 
@@ -297,8 +299,9 @@ def test_stream_ends_at_the_stop_code_between_its_reads(tts, mode, monkeypatch):
     steps are dropped, and codes, latents and audio end exactly at the stop code, in every decode mode."""
     from tortoise_xpu.pipeline.stream import StreamStats
 
-    monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
-    monkeypatch.setattr(tts, "_stream_engine", None)  # a fresh engine reads the mode
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tts.models_dir, device="cpu", decode_mode=mode)
     hifi = tts.model("hifidecoder")
     cond = (torch.randn(1, 64, generator=torch.Generator().manual_seed(2)), torch.zeros(1, 128))
     text = tts.text_tokens("Stop where the model stops.")
@@ -313,7 +316,7 @@ def test_stream_ends_at_the_stop_code_between_its_reads(tts, mode, monkeypatch):
                                         max_mel_tokens=MAX, stream_chunk_size=7, first_buffer=0, stats=stats))
         finally:
             del hifi.inference
-        assert tts._stream_engine.mode == mode
+        assert tts.last_report.decode_mode == mode
         n = len(stats.codes)
         assert tts.last_report.ar_steps == n
         assert seen[-1].shape[1] == n  # the last vocoder pass saw one latent per kept code, no more

@@ -142,7 +142,10 @@ def test_codes_and_latents_are_those_of_the_non_streaming_path(tts):
 
 
 def test_voice_clips_give_the_ar_latent_and_draws_of_tts(tts):
-    from tortoise_xpu.pipeline.stream import _ar_voice_latent
+    from tortoise_xpu.pipeline.stream import voice_latent
+
+    def _ar_voice_latent(tts, clips, latents, generator):
+        return voice_latent(tts.store, tts.new_context(1, generator), clips, latents)
 
     # one clip longer than the 6 s AR window, so its crop is a random draw
     clips = [torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1 for n in (140000, 30000)]
@@ -185,8 +188,9 @@ def test_cli_speak_stream_writes_the_wav(tiny_models_dir, tmp_path, capsys):
 def test_interleaved_streams_and_a_reused_stats_object_give_the_audio_of_one_stream(tts, mode, monkeypatch):
     """Two streams advanced in turn do not share decode buffers (a paused stream keeps its engine busy),
     and a StreamStats that already holds codes does not shift what a stream reads back."""
-    monkeypatch.setenv("TORTOISE_XPU_DECODE", mode)
-    monkeypatch.setattr(tts, "_stream_engine", None)
+    from tortoise_xpu import TextToSpeech
+
+    tts = TextToSpeech(models_dir=tts.models_dir, device="cpu", decode_mode=mode)
     alone = list(tts.tts_stream(TEXT, seed=7, **SCHEDULE))
     a = tts.tts_stream(TEXT, seed=7, **SCHEDULE)
     b = tts.tts_stream(TEXT, seed=7, **SCHEDULE)
@@ -196,7 +200,7 @@ def test_interleaved_streams_and_a_reused_stats_object_give_the_audio_of_one_str
         got_b.append(y)
     assert len(alone) == len(got_a) == len(got_b) == 3
     assert all(torch.equal(x, c) and torch.equal(y, c) for x, y, c in zip(got_a, got_b, alone))
-    assert not tts._stream_engine.busy  # both finished: the shared engine is free again
+    assert tts.last_report.decode_mode == mode
     stats = StreamStats()
     list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))
     again = list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))  # stats already holds 16 codes

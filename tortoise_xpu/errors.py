@@ -28,5 +28,9 @@ class AudioError(UserError):
     """An audio file that cannot be used as a voice clip."""
 
 
+class Cancelled(TortoiseError):
+    """The caller cancelled a run (``RunContext.check_cancelled``); nothing of it is returned."""
+
+
 class OutOfMemory(TortoiseError):
     """The device ran out of memory even at the smallest batch."""

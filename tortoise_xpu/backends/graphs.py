@@ -19,6 +19,8 @@ out ``None`` and callers run eagerly.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import threading
 from typing import Any, Callable, Iterator
 
 import torch
@@ -50,6 +52,9 @@ class GraphRunner:
         self.graph_class = getattr(module, graph_class)
         self.device = device
         self._pool: Any = None
+        # One capture at a time: the captures share one memory pool, and a capture must not see
+        # another thread's capture in flight on the same device.
+        self._capturing = threading.Lock()
 
     @classmethod
     def probe(cls, module: Any, graph_class: str, device: torch.device) -> "GraphRunner | None":
@@ -81,18 +86,29 @@ class GraphRunner:
         can be warmed up without advancing that state.  Capturing runs nothing: after this call
         the state is as before, and ``replay()`` performs the captured work.
         """
-        side = self.module.Stream(device=self.device)
-        side.wait_stream(self.module.current_stream(self.device))
-        with self.module.stream(side):
-            for _ in range(warmup):
+        with self._capturing:
+            side = self.module.Stream(device=self.device)
+            side.wait_stream(self.module.current_stream(self.device))
+            with self.module.stream(side):
+                for _ in range(warmup):
+                    fn()
+                    if restore is not None:
+                        restore()
+            self.module.current_stream(self.device).wait_stream(side)
+            graph = self.new_graph()
+            with self.module.graph(graph, pool=self.shared_pool(), **self._capture_options()):
                 fn()
-                if restore is not None:
-                    restore()
-        self.module.current_stream(self.device).wait_stream(side)
-        graph = self.new_graph()
-        with self.module.graph(graph, pool=self.shared_pool()):
-            fn()
         return CapturedGraph(graph)
+
+    def _capture_options(self) -> dict[str, Any]:
+        """``capture_error_mode="thread_local"`` where the module's ``graph`` takes it: runs of other
+        threads sharing the device (a model store serving several callers) may allocate and
+        synchronise while this thread captures; only this thread's own unsafe calls are errors."""
+        try:
+            params = inspect.signature(self.module.graph).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {"capture_error_mode": "thread_local"} if "capture_error_mode" in params else {}
 
 
 class SideStream:

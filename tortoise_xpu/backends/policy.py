@@ -1,4 +1,4 @@
-"""The run policy: dtype per stage, AR batch size, residency, KV cache, graph capture.
+"""The run policy: dtype per stage, AR batch size, residency, AR decode mode (graphs, buckets, compile).
 
 One pure function, :func:`make_policy`, computes a frozen :class:`Policy` from
 what a device can do (:class:`~tortoise_xpu.backends.base.Capabilities`), how
@@ -37,7 +37,9 @@ docs/backends.md shows it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -49,9 +51,10 @@ from tortoise_xpu.backends.base import Backend, Capabilities, dtype_name
 from tortoise_xpu.errors import UserError
 
 __all__ = [
-    "ARShape", "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
-    "UNKNOWN_FREE_BYTES", "diffusion_workspace_bytes", "headroom_bytes", "make_policy", "overrides_from_args",
-    "official_ar_shape", "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
+    "ARShape", "COMPILE_ENV", "DECODE_BUCKET_ENV", "DECODE_MODE_ENV", "DECODE_MODES", "DEFAULT_DECODE_BUCKET",
+    "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
+    "UNKNOWN_FREE_BYTES", "compile_backend", "diffusion_workspace_bytes", "headroom_bytes", "make_policy",
+    "official_ar_shape", "overrides_from_args", "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
 ]
 
 GiB = 1 << 30
@@ -84,6 +87,17 @@ UNIFIED_FREE_FRACTION = 0.6
 #: Free memory assumed when a device reports neither free nor total (DirectML):
 #: a 4 GB card with a desktop on it.
 UNKNOWN_FREE_BYTES = 3 * GiB
+
+#: The AR decode engine's modes (pipeline/decode.py): eager steps, static shapes over cache buckets,
+#: or static steps replayed as device graphs.
+DECODE_MODES: tuple[str, ...] = ("eager", "static", "graph")
+#: Cache positions per bucket of the static and graph decode modes.
+DEFAULT_DECODE_BUCKET = 64
+#: Environment switches of the decode engine, read where a live Policy is made (:func:`policy_for`)
+#: and nowhere else: a decode mode, a bucket length, and ``torch.compile`` (1 = inductor, or a backend name).
+DECODE_MODE_ENV = "TORTOISE_XPU_DECODE"
+DECODE_BUCKET_ENV = "TORTOISE_XPU_DECODE_BUCKET"
+COMPILE_ENV = "TORTOISE_XPU_COMPILE"
 
 #: Diffusion output frames of the longest clip (500 mel codes), from the perf anchor.
 DIFFUSION_FRAMES = 2176
@@ -182,16 +196,50 @@ def parse_dtype(value: torch.dtype | str) -> torch.dtype:
     raise UserError(f"unsupported dtype {value!r}; choose float32, float16 or bfloat16")
 
 
+def compile_backend(value: str | bool | None) -> str | None:
+    """The ``torch.compile`` backend a compile switch asks for: None (off), "inductor" for
+    1/true/yes/on/True, else the named backend (e.g. ``eager``, ``aot_eager`` to check tracing)."""
+    if value is None or value is False:
+        return None
+    text = "1" if value is True else str(value).strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return None
+    return "inductor" if text in ("1", "true", "yes", "on") else text
+
+
 @dataclass(frozen=True)
 class Overrides:
-    """The user's policy overrides (``--dtype``, ``--batch-size``, ``--low-vram``, ``--high-vram``)."""
+    """The user's policy overrides (``--dtype``, ``--batch-size``, ``--low-vram``, ``--high-vram``,
+    ``bench --decode/--compile``); None or False leaves the decision to :func:`make_policy`.
+
+    ``decode_mode`` forces the AR decode mode (``eager``, ``static`` or ``graph``), ``decode_bucket``
+    the static path's bucket length, ``compile`` wraps the static decode step in ``torch.compile``
+    (True = inductor, or a backend name)."""
 
     dtype: torch.dtype | str | None = None
     batch_size: int | None = None
     low_vram: bool = False
     high_vram: bool = False
-    kv_cache: bool | None = None
     graph_capture: bool | None = None
+    #: Residency decided by the model store that runs the Policy (True: resident, False: per stage);
+    #: None leaves it to the memory model.  ``low_vram``/``high_vram`` win over it.
+    resident: bool | None = None
+    decode_mode: str | None = None
+    decode_bucket: int | None = None
+    compile: bool | str | None = None
+
+    def with_environment(self, environ: Mapping[str, str] | None = None) -> "Overrides":
+        """These overrides, with the decode switches left unset filled in from the environment
+        (``$TORTOISE_XPU_DECODE``, ``$TORTOISE_XPU_DECODE_BUCKET``, ``$TORTOISE_XPU_COMPILE``)."""
+        env = os.environ if environ is None else environ
+        mode = env.get(DECODE_MODE_ENV, "").strip().lower() or None
+        bucket = env.get(DECODE_BUCKET_ENV, "").strip() or None
+        if bucket is not None and not bucket.isdigit():
+            raise UserError(f"${DECODE_BUCKET_ENV} must be a whole number of positions, got {bucket!r}")
+        return dataclasses.replace(
+            self, decode_mode=self.decode_mode if self.decode_mode is not None else mode,
+            decode_bucket=self.decode_bucket if self.decode_bucket is not None else (int(bucket) if bucket else None),
+            compile=self.compile if self.compile is not None else env.get(COMPILE_ENV))
 
 
 @dataclass(frozen=True)
@@ -206,7 +254,7 @@ class Policy:
     ar_batch_size: int
     #: True: every model stays on the device; False: each is moved there for its stage only.
     resident: bool
-    kv_cache: bool
+    #: The backend can capture device graphs and the decode may use them.
     graph_capture: bool
     #: Compute STFT with complex tensors on the device (else a real-valued formulation).
     use_complex_stft: bool
@@ -214,6 +262,11 @@ class Policy:
     #: Run the AR model's linear layers as ``weight @ x.T`` with out-major weights
     #: (``UnifiedVoice.use_weight_first_linears``): faster decoding where the device's GEMM prefers it.
     ar_weight_first: bool = False
+    #: The AR decode engine's mode (:data:`DECODE_MODES`), cache positions per bucket of its static
+    #: path, and the ``torch.compile`` backend of its static step (None: not compiled).
+    decode_mode: str = "eager"
+    decode_bucket: int = DEFAULT_DECODE_BUCKET
+    compile: str | None = None
     #: The memory budget the batch was sized from, and one AR sample's bytes.
     budget_bytes: int = 0
     per_sample_bytes: int = 0
@@ -237,8 +290,10 @@ class Policy:
             "ar_batch_size": self.ar_batch_size,
             "candidates": self.candidates,
             "resident": self.resident,
-            "kv_cache": self.kv_cache,
             "graph_capture": self.graph_capture,
+            "decode_mode": self.decode_mode,
+            "decode_bucket": self.decode_bucket,
+            "compile": self.compile,
             "use_complex_stft": self.use_complex_stft,
             "ar_weight_first": self.ar_weight_first,
             "budget_bytes": self.budget_bytes,
@@ -253,8 +308,10 @@ class Policy:
         parts = [dtypes, f"batch {self.ar_batch_size}", "resident" if self.resident else "per-stage"]
         if self.graph_capture:
             parts.append("graphs")
-        if not self.kv_cache:
-            parts.append("no kv-cache")
+        if self.decode_mode != ("graph" if self.graph_capture else "eager"):
+            parts.append(f"{self.decode_mode} decode")
+        if self.compile:
+            parts.append(f"compiled ({self.compile})")
         return ", ".join(parts)
 
 
@@ -317,6 +374,10 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         raise UserError("--low-vram and --high-vram cannot be used together")
     if ov.batch_size is not None and ov.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {ov.batch_size}")
+    if ov.decode_mode is not None and ov.decode_mode not in DECODE_MODES:
+        raise UserError(f"unknown decode mode {ov.decode_mode!r}; choose one of {', '.join(DECODE_MODES)}")
+    if ov.decode_bucket is not None and ov.decode_bucket < 1:
+        raise UserError(f"the decode bucket must be at least 1 position, got {ov.decode_bucket}")
     notes: list[str] = []
 
     # dtypes
@@ -357,6 +418,10 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
     elif ov.high_vram:
         resident = True
         notes.append("all models resident (--high-vram)")
+    elif ov.resident is not None:
+        resident = bool(ov.resident)
+        notes.append("all models resident (the model store keeps them so)" if resident else
+                     "each model on the device for its stage only (the model store moves them so)")
     elif caps.is_cpu or caps.unified_memory:
         resident = True
         notes.append("all models resident (memory is shared with the host: moving them frees nothing)")
@@ -381,10 +446,16 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         if room == 0:
             notes.append("the models barely fit: batch 1, try --low-vram or a smaller dtype")
 
-    kv_cache = True if ov.kv_cache is None else bool(ov.kv_cache)
-    graphs = caps.graphs and kv_cache and not caps.is_cpu
+    graphs = caps.graphs and not caps.is_cpu
     if ov.graph_capture is not None:
-        graphs = bool(ov.graph_capture) and caps.graphs and kv_cache
+        graphs = bool(ov.graph_capture) and caps.graphs
+    # A forced graph mode without a capturing backend runs the same static steps without graphs.
+    decode_mode = ov.decode_mode or ("graph" if graphs else "eager")
+    if decode_mode == "graph" and not caps.graphs:
+        decode_mode = "static"
+    if ov.decode_mode is not None:
+        notes.append(f"AR decode mode {decode_mode} (forced)")
+    compiled = compile_backend(ov.compile)
     use_complex_stft = caps.complex and not caps.quirks.needs_real_stft
     # Measured for float32 only (MKL's sgemm); other dtypes take other kernels.
     ar_weight_first = caps.weight_first_gemm and stage_dtypes["ar"] == torch.float32
@@ -393,9 +464,10 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
 
     return Policy(
         ar_dtype=stage_dtypes["ar"], clvp_dtype=stage_dtypes["clvp"], diffusion_dtype=stage_dtypes["diffusion"],
-        vocoder_dtype=stage_dtypes["vocoder"], ar_batch_size=batch, resident=resident, kv_cache=kv_cache,
+        vocoder_dtype=stage_dtypes["vocoder"], ar_batch_size=batch, resident=resident,
         graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates,
-        ar_weight_first=ar_weight_first, budget_bytes=budget,
+        ar_weight_first=ar_weight_first, decode_mode=decode_mode,
+        decode_bucket=ov.decode_bucket or DEFAULT_DECODE_BUCKET, compile=compiled, budget_bytes=budget,
         per_sample_bytes=sample, notes=tuple(notes),
     )
 
@@ -405,11 +477,13 @@ def policy_for(backend: Backend, candidates: int = 16, model_bytes: Mapping[str,
     """:func:`make_policy` for a live backend: reads its capabilities and memory now.
 
     Call it before the models are loaded on the device (free memory must not
-    already count them).  ``overrides`` are :class:`Overrides` fields.
+    already count them).  ``overrides`` are :class:`Overrides` fields; the decode switches
+    they leave unset are read from the environment here (:meth:`Overrides.with_environment`),
+    the one place the package reads them.
     """
     memory = backend.memory()
     return make_policy(backend.capabilities(), memory.free, memory.total, model_bytes=model_bytes,
-                       candidates=candidates, overrides=Overrides(**overrides))
+                       candidates=candidates, overrides=Overrides(**overrides).with_environment())
 
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:

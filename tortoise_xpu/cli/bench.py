@@ -100,8 +100,9 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voice: list | None = None,
-             log: Any = None) -> dict:
-    """Run ``unit`` on a loaded ``TextToSpeech``; returns the result dict (see the module docstring)."""
+             log: Any = None, load_s: float | None = None) -> dict:
+    """Run ``unit`` on a loaded ``TextToSpeech``; returns the result dict (see the module docstring).
+    ``load_s``: the model-load seconds to report (:func:`load_for_bench`)."""
     import torch
 
     if repeat < 1:
@@ -127,11 +128,13 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         stages.update({k: v for k, v in r.stages.items() if k not in stages})
         return {"total_s": total, "cpu_time_s": cpu, "stages": stages, "other_s": max(0.0, total - sum(stages.values())),
                 "ar_steps": r.ar_steps, "audio_s": r.audio_seconds or wav.shape[-1] / SAMPLE_RATE,
-                "peak_memory_bytes": r.peak_memory_bytes, "policy": r.policy}
+                "peak_memory_bytes": r.peak_memory_bytes, "policy": r.policy, "decode_mode": r.decode_mode,
+                "graph_captures": r.graph_captures}
 
+    captures = 0
     if warmup:
         start = time.perf_counter()
-        once()
+        captures += once()["graph_captures"]
         if log:
             log(f"warm-up run: {time.perf_counter() - start:.2f} s")
     runs = []
@@ -139,13 +142,13 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         runs.append(once())
         if log:
             log(f"run {i + 1}/{repeat}: {runs[-1]['total_s']:.2f} s")
+    captures += sum(r["graph_captures"] for r in runs)
     best = _median_run(runs)
     policy = best["policy"]
     batch = int(policy.get("ar_batch_size") or unit.candidates)
     batches = math.ceil(unit.candidates / batch)
     ar_s = best["stages"].get("ar", 0.0)
     steps = best["ar_steps"] or unit.tokens
-    engine = getattr(tts, "_decode_engine", None)
     backend = tts.backend
     return {
         "schema": SCHEMA,
@@ -159,8 +162,8 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         "threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "policy": policy,
-        "decode_mode": getattr(engine, "mode", None),
-        "graph_captures": getattr(engine, "captures", None),
+        "decode_mode": best["decode_mode"],
+        "graph_captures": captures,
         "tokens": unit.tokens,
         "candidates": unit.candidates,
         "text": unit.text,
@@ -183,7 +186,7 @@ def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voic
         "rtf": best["total_s"] / best["audio_s"] if best["audio_s"] else None,
         "peak_memory_bytes": best["peak_memory_bytes"],
         "peak_rss_bytes": peak_rss_bytes(),
-        "model_load_s": getattr(tts, "_bench_load_s", None),
+        "model_load_s": load_s,
         # Tells full-size runs from tiny test models (421,526,786 for the official AR model).
         "ar_parameters": sum(p.numel() for p in tts.model("autoregressive").parameters()),
         "runs": [{"total_s": r["total_s"], "cpu_time_s": r["cpu_time_s"], "stages": r["stages"]} for r in runs],
@@ -197,11 +200,10 @@ def _torch_version() -> str:
 
 
 def load_for_bench(tts: Any, candidates: int) -> float:
-    """Load every model of a bench unit up front; returns the seconds it took (kept on ``tts``)."""
+    """Load every model of a bench unit up front; returns the seconds it took (for ``run_unit``'s ``load_s``)."""
     start = time.perf_counter()
     tts.load_models(candidates=candidates)
-    tts._bench_load_s = time.perf_counter() - start
-    return tts._bench_load_s
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -301,14 +303,10 @@ def comparison_table(new: dict, old: dict, old_name: str = "old") -> str:
 
 
 # ---------------------------------------------------------------------------------------- command
-def apply_decode_flags(decode: str = "auto", compile: bool = False) -> None:
-    """Set the decode engine's environment switches (pipeline/decode.py) for this process."""
-    from tortoise_xpu.pipeline.decode import COMPILE_ENV, MODE_ENV
-
-    if decode != "auto":
-        os.environ[MODE_ENV] = decode
-    if compile:
-        os.environ[COMPILE_ENV] = "1"
+def decode_overrides(decode: str = "auto", compile: bool = False) -> dict[str, Any]:
+    """``TextToSpeech`` keyword arguments (Policy overrides) for ``--decode`` and ``--compile``;
+    unset, the Policy decides (and reads ``$TORTOISE_XPU_DECODE`` / ``$TORTOISE_XPU_COMPILE``)."""
+    return {"decode_mode": None if decode == "auto" else decode, "compile": True if compile else None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -326,16 +324,15 @@ def run(args: argparse.Namespace) -> int:
     old = _load_json(args.compare) if args.compare else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    apply_decode_flags(args.decode, args.compile)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
-    tts = build_tts(args)
+    tts = build_tts(args, **decode_overrides(args.decode, args.compile))
     load_s = load_for_bench(tts, args.candidates)
     if log:
         log(f"{tts.backend.name} ({tts.backend.device_name()}): models loaded in {load_s:.2f} s; "
             f"policy {tts.policy(args.candidates).summary()}")
     unit = Unit(tokens=args.tokens, candidates=args.candidates, preset=args.preset, text=args.text, seed=args.seed)
-    result = run_unit(tts, unit, repeat=args.repeat, warmup=args.warmup, log=log)
+    result = run_unit(tts, unit, repeat=args.repeat, warmup=args.warmup, log=log, load_s=load_s)
     result["command"] = "tortoise-xpu bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
 
     if args.out:

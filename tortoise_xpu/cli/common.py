@@ -56,6 +56,31 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", default=None, choices=["p", "ddim", "dpm++2m"], help="diffusion sampler")
     g.add_argument("--force-tokens", type=int, default=None,
                    help="benchmark knob: ignore the stop token and generate exactly N codes")
+    add_checkpoint_args(p)
+
+
+#: ``--X-checkpoint`` flag stem -> the network (registry name) whose file it replaces.
+CHECKPOINT_FLAGS = {"ar": "autoregressive", "diffusion": "diffusion", "clvp": "clvp", "cvvp": "cvvp",
+                    "vocoder": "vocoder", "hifigan": "hifidecoder", "rlg-auto": "rlg_auto",
+                    "rlg-diffuser": "rlg_diffuser"}
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """``--ar-checkpoint FILE`` and friends: a fine-tuned file per network, loaded beside the official rest."""
+    g = p.add_argument_group("fine-tuned models (each replaces one official file; checked as strictly)")
+    for stem, network in CHECKPOINT_FLAGS.items():
+        g.add_argument(f"--{stem}-checkpoint", default=None, metavar="FILE",
+                       help=f"use FILE instead of the official {network} model file")
+
+
+def checkpoint_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--X-checkpoint`` flags the user set, as ``TextToSpeech(checkpoints=...)`` takes them."""
+    out = {}
+    for stem, network in CHECKPOINT_FLAGS.items():
+        value = getattr(args, f"{stem.replace('-', '_')}_checkpoint", None)
+        if value is not None:
+            out[network] = value
+    return out
 
 
 TUNING_KEYS = ("num_autoregressive_samples", "temperature", "top_p", "top_k", "length_penalty",

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = sum(w.shape[-1] for w in per_candidate[0]) / SAMPLE_RATE
     summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
-               "chunks": len(chunks)}
+               "chunks": len(chunks), "checkpoints": tts.checkpoint_overrides()}
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -141,7 +141,8 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
     summary = {"outputs": [args.output], "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,
                "stream_chunks": len(parts), "policy": tts.last_report.policy,
-               "stages": {k: round(v, 4) for k, v in timings.items()}, "chunks": len(chunks)}
+               "stages": {k: round(v, 4) for k, v in timings.items()}, "chunks": len(chunks),
+               "checkpoints": tts.checkpoint_overrides()}
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:

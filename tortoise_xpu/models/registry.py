@@ -22,7 +22,7 @@ import importlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -30,6 +30,43 @@ from torch import nn
 
 from tortoise_xpu.assets.catalogue import asset, official_parameters
 from tortoise_xpu.errors import ModelFileError, UserError
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How a loaded network is made ready for a run: the dtype its file's weights are cast to when
+    loading (None: kept as stored, float32), what is done to it afterwards (``finish``), and a
+    hashable ``key`` naming the result, so that a model store holds one copy per preparation."""
+
+    load_dtype: torch.dtype | None
+    key: tuple = ()
+    finish: Callable[[nn.Module], nn.Module] | None = dataclasses.field(default=None, compare=False)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """``model`` after the finishing step (unchanged when there is none)."""
+        return self.finish(model) if self.finish is not None else model
+
+
+def _plain(dtype: torch.dtype, policy: Any, backend: Any) -> Preparation:
+    """The default: every floating-point weight cast to the stage dtype."""
+    return Preparation(load_dtype=dtype, key=(dtype,))
+
+
+def _prepare_autoregressive(dtype: torch.dtype, policy: Any, backend: Any) -> Preparation:
+    """The AR model in its stage dtype, its linears weight-first where the Policy says the device prefers it."""
+    weight_first = bool(getattr(policy, "ar_weight_first", False))
+    return Preparation(load_dtype=dtype, key=(dtype, "weight_first", weight_first),
+                       finish=lambda m: m.use_weight_first_linears(weight_first))
+
+
+def _prepare_diffusion(dtype: torch.dtype, policy: Any, backend: Any) -> Preparation:
+    """The diffusion decoder at half precision the original's use_fp16 way: loaded in float32, then
+    all but its first layer autocast (much closer to float32 than casting every weight), where the
+    backend can autocast that dtype; a whole-model cast elsewhere."""
+    if dtype != torch.float32 and backend.supports_autocast(dtype):
+        return Preparation(load_dtype=None, key=("layer_autocast", dtype),
+                           finish=lambda m: m.use_layer_autocast(dtype))
+    return _plain(dtype, policy, backend)
 
 
 @dataclass(frozen=True)
@@ -56,6 +93,20 @@ class ModelSpec:
     #: Overrides on top of the config class's ``tiny()`` so that the tiny models of every file fit
     #: together in one pipeline (latent widths, 100-band mels, 256-sample hop).
     tiny: tuple[tuple[str, Any], ...] = ()
+    #: The pipeline stage whose Policy dtype the network runs in (``ar``, ``clvp``, ``diffusion``,
+    #: ``vocoder``); None: float32 whatever the Policy says (random-latent generators, classifier).
+    stage: str | None = None
+    #: How the network is made ready for a run, given (stage dtype, Policy, Backend): the hook of
+    #: model-specific preparation (weight-first AR linears, the diffusion decoder's layer autocast).
+    prepare: Callable[[torch.dtype, Any, Any], Preparation] = _plain
+
+    def run_dtype(self, policy: Any) -> torch.dtype:
+        """The dtype this network runs in under ``policy`` (float32 when it has no stage)."""
+        return policy.dtype(self.stage) if self.stage is not None else torch.float32
+
+    def preparation(self, policy: Any, backend: Any) -> Preparation:
+        """How a store loads and finishes this network for runs under ``policy`` on ``backend``."""
+        return self.prepare(self.run_dtype(policy), policy, backend)
 
     @property
     def official_params(self) -> int:
@@ -108,12 +159,13 @@ _M = "tortoise_xpu.models."
 #: Every checkpoint file the package can load, keyed by file name.
 SPECS: dict[str, ModelSpec] = {s.file: s for s in (
     ModelSpec("autoregressive.pth", _M + "autoregressive", "UnifiedVoice", "ARConfig",
-              extra_keys_ignored=True),
-    ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig"),
-    ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig"),
-    ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig"),
+              extra_keys_ignored=True, stage="ar", prepare=_prepare_autoregressive),
+    ModelSpec("diffusion_decoder.pth", _M + "diffusion_decoder", "DiffusionTts", "DiffusionConfig",
+              stage="diffusion", prepare=_prepare_diffusion),
+    ModelSpec("clvp2.pth", _M + "clvp", "CLVP", "CLVPConfig", stage="clvp"),
+    ModelSpec("cvvp.pth", _M + "cvvp", "CVVP", "CVVPConfig", stage="clvp"),
     ModelSpec("vocoder.pth", _M + "vocoder", "UnivNetGenerator", "UnivNetConfig",
-              wrapper_key="model_g", weight_norm=True,
+              wrapper_key="model_g", weight_norm=True, stage="vocoder",
               tiny=(("n_mel_channels", 100), ("strides", (8, 8, 4)), ("hop_length", 256))),
     # The RLGs make the AR (model_dim) and diffusion (2 x model_channels) voice latents: 64 and 128 when tiny.
     ModelSpec("rlg_auto.pth", _M + "random_latent", "RandomLatentConverter", "RLGConfig",
@@ -122,7 +174,7 @@ SPECS: dict[str, ModelSpec] = {s.file: s for s in (
               official=(("channels", 2048),), tiny=(("channels", 128),)),
     ModelSpec("classifier.pth", _M + "classifier", "AudioMiniEncoderWithClassifierHead", "ClassifierConfig"),
     ModelSpec("hifidecoder.pth", _M + "hifigan", "HifiganGenerator", "HifiGanConfig",
-              weight_norm=True, plain_weights=("cond_layer.weight",), extra_keys_ignored=True,
+              weight_norm=True, plain_weights=("cond_layer.weight",), extra_keys_ignored=True, stage="vocoder",
               tiny=(("in_channels", 64), ("cond_channels", 64), ("upsample_factors", (8, 8, 4)),
                     ("upsample_kernel_sizes", (16, 16, 8)))),
 )}

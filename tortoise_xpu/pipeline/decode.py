@@ -22,14 +22,15 @@ Three modes, one set of semantics (same seed, same codes):
     stream first, as device graphs require) and replayed; the graphs are kept and reused by every
     later batch of the same shape.  Kernel launches, which dominate an eager step on a GPU, go away.
 
-``TORTOISE_XPU_DECODE`` (eager, static or graph) forces a mode; ``TORTOISE_XPU_DECODE_BUCKET``
-sets the bucket length; ``TORTOISE_XPU_COMPILE=1`` wraps the static step in ``torch.compile``
-(inductor; or name another backend) — off by default: measure it first (docs/performance.md).
+The run's Policy chooses the mode, the bucket length and whether the static step is wrapped in
+``torch.compile`` (``Policy.decode_mode``, ``decode_bucket``, ``compile``; the environment switches
+``TORTOISE_XPU_DECODE``, ``TORTOISE_XPU_DECODE_BUCKET`` and ``TORTOISE_XPU_COMPILE`` are read where
+the Policy is made, backends/policy.py).  Compiling is off by default: measure it first
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -37,40 +38,24 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tortoise_xpu.backends.oom import is_oom_error
+from tortoise_xpu.backends.policy import DECODE_MODES, DEFAULT_DECODE_BUCKET, compile_backend
 from tortoise_xpu.pipeline.sampling import SamplingSettings, draw, process_logits
 
 __all__ = ["DecodeEngine", "DecodeResult", "DecodeState", "MODES", "bucket_length", "choose_mode"]
 
-MODES = ("eager", "static", "graph")
+MODES = DECODE_MODES
 
 #: Cache positions per bucket of the static path (the cache is also allocated in these units).
-DEFAULT_BUCKET = 64
+DEFAULT_BUCKET = DEFAULT_DECODE_BUCKET
 STOP_CHECK_EVERY = 16
 # Placeholder id of the prompt positions in the original's ``generate`` input; HF's repetition
 # penalty sees it (and the start token) as already used, so ours does too.
 PROMPT_PLACEHOLDER_ID = 1
 
-MODE_ENV = "TORTOISE_XPU_DECODE"
-BUCKET_ENV = "TORTOISE_XPU_DECODE_BUCKET"
-COMPILE_ENV = "TORTOISE_XPU_COMPILE"
-
-
-def compile_backend(value: str | bool | None) -> str | None:
-    """The ``torch.compile`` backend a compile switch asks for: None (off), "inductor" for
-    1/true/yes/on/True, else the named backend (e.g. ``eager``, ``aot_eager`` to check tracing)."""
-    if value is None or value is False:
-        return None
-    text = "1" if value is True else str(value).strip().lower()
-    if text in ("", "0", "false", "no", "off"):
-        return None
-    return "inductor" if text in ("1", "true", "yes", "on") else text
-
-
 def choose_mode(graphs: bool, has_runner: bool, forced: str | None = None) -> str:
-    """The decode mode: ``forced`` (or ``$TORTOISE_XPU_DECODE``) if set, else graphs where the
-    policy asks for them and the backend can capture, else eager.  A forced ``graph`` without a
-    capable backend runs ``static``."""
-    forced = forced or os.environ.get(MODE_ENV, "").strip().lower() or None
+    """The decode mode: ``forced`` if given, else graphs where the policy asks for them and the
+    backend can capture, else eager.  A forced ``graph`` without a capable backend runs ``static``."""
+    forced = forced or None
     if forced is not None and forced not in MODES:
         raise ValueError(f"unknown decode mode {forced!r}; choose one of {', '.join(MODES)}")
     mode = forced or ("graph" if graphs else "eager")
@@ -134,10 +119,10 @@ class DecodeEngine:
         mode: ``eager``, ``static`` or ``graph`` (see the module docstring); None: :func:`choose_mode`
             from ``graphs``.
         graphs: whether the Policy asks for graph capture (``policy.graph_capture``).
-        bucket: cache positions per static-path bucket (default ``$TORTOISE_XPU_DECODE_BUCKET`` or 64).
+        bucket: cache positions per static-path bucket (default 64).
         stop_check_every: steps between the host checks for "every candidate has stopped".
         compile: wrap the static step in ``torch.compile``: True (inductor), a backend name, or
-            None for ``$TORTOISE_XPU_COMPILE`` (1 = inductor, or a backend name; unset = off).
+            None/False (off).
         graph_runner: overrides ``backend.graph_runner()`` (tests pass a stand-in).
         progress: ``progress(done, total)`` after each step (host-side only, no sync).
     """
@@ -147,15 +132,15 @@ class DecodeEngine:
                  graph_runner: Any = None, progress: Callable[[int, int], None] | None = None):
         self.backend = backend
         self.graphs_requested = bool(graphs)
-        forced = mode or os.environ.get(MODE_ENV, "").strip().lower() or None
+        forced = mode or None
         self.runner = graph_runner if graph_runner is not None else (
             backend.graph_runner() if (graphs or forced == "graph") else None)
         self.mode = choose_mode(graphs, self.runner is not None, forced)
-        self.bucket = int(bucket or os.environ.get(BUCKET_ENV) or DEFAULT_BUCKET)
+        self.bucket = int(bucket or DEFAULT_BUCKET)
         if self.bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {self.bucket}")
         self.stop_check_every = max(1, int(stop_check_every))
-        self.compile = compile_backend(os.environ.get(COMPILE_ENV) if compile is None else compile)
+        self.compile = compile_backend(compile)
         self.progress = progress
         self._state: DecodeState | None = None
         self._running = 0  # iter_decode generators started and not yet finished or closed

@@ -31,7 +31,7 @@ import torch
 from tortoise_xpu.audio.resample import resample
 from tortoise_xpu.errors import ModelFileError, TortoiseError, UserError
 
-__all__ = ["MODEL_ID", "TOKENIZER_ID", "ALIGN_SAMPLE_RATE", "CtcAligner", "max_alignment", "match_characters",
+__all__ = ["cut_brackets", "MODEL_ID", "TOKENIZER_ID", "ALIGN_SAMPLE_RATE", "CtcAligner", "max_alignment", "match_characters",
            "align", "cut_spans", "load_aligner", "redact"]
 
 #: The original's wav2vec2 CTC fine-tune (LibriTTS + VoxPopuli) and its character tokenizer.
@@ -273,3 +273,10 @@ def redact(wav: torch.Tensor, parsed, backend=None, aligner: CtcAligner | None =
     aligner = aligner if aligner is not None else load_aligner(backend)
     starts = align(aligner, wav, parsed.bare, sample_rate)
     return cut_spans(wav.cpu(), starts, parsed.keep)
+
+
+def cut_brackets(store, ctx, wavs: Sequence[torch.Tensor], parsed) -> list[torch.Tensor]:
+    """The redaction stage: :func:`redact` on each of a run's waveforms with the store's aligner
+    (``store.aligner()``, loaded once per store on its backend); ``ctx`` is the run's context."""
+    aligner = store.aligner() if parsed.has_redaction else None
+    return [redact(w, parsed, store.backend, aligner=aligner) for w in wavs]

@@ -17,6 +17,11 @@ full decode of the final latent sequence.
 
 Random draws follow :meth:`TextToSpeech.tts` with one AR sample: same seed, same voice
 and settings → the same codes as ``tts(num_autoregressive_samples=1)``.
+
+:func:`stream_speech` is a composition of the stages (pipeline/conditioning.py for the AR voice
+latent, the AR model and a decode engine from the model store, pipeline/vocoding.py's
+:func:`~tortoise_xpu.pipeline.vocoding.hifigan_decode` per chunk) on one run's context; it knows
+nothing of ``TextToSpeech``.
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
+from tortoise_xpu.pipeline import conditioning, vocoding
+from tortoise_xpu.pipeline.context import RunContext
 from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
-from tortoise_xpu.pipeline.presets import resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
+from tortoise_xpu.pipeline.store import weight_dtype
 
-__all__ = ["tts_stream", "Crossfader", "StreamStats", "FIRST_BUFFER"]
+from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
+
+__all__ = ["Crossfader", "FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
 
 FIRST_BUFFER = 60  # codes before the first chunk at the least (the original's first_buffer)
 
@@ -78,109 +87,86 @@ class Crossfader:
         return new[:keep]
 
 
-def _ar_voice_latent(tts, voice_samples, conditioning_latents, generator: torch.Generator) -> torch.Tensor:
-    """The AR voice latent (1, D), drawing from ``generator`` exactly as ``tts()`` does."""
+@dataclass(frozen=True)
+class StreamOptions:
+    """When chunks are cut: ``chunk_size`` codes per chunk after the first (``<= 0``: one chunk at the
+    end), the first after ``max(chunk_size, first_buffer)`` codes, crossfaded over ``overlap`` samples."""
+
+    chunk_size: int = 40
+    overlap: int = 1024
+    first_buffer: int = FIRST_BUFFER
+
+    def __post_init__(self) -> None:
+        if self.overlap < 0 or self.first_buffer < 0:
+            raise UserError("overlap_wav_len and first_buffer must be >= 0")
+
+
+def voice_latent(store: Any, ctx: RunContext, voice_samples: Sequence[torch.Tensor] | None,
+                 conditioning_latents: Any) -> torch.Tensor:
+    """The AR voice latent (1, D) of a stream, drawing from ``ctx.generator`` exactly as ``tts()`` does:
+    the AR half of the conditioning stage for clips (the diffusion model is never loaded), the
+    checked AR latent of saved latents, or the random-voice generators."""
     if voice_samples is not None:
-        # The AR half of TextToSpeech.get_conditioning_latents: streaming never loads the diffusion model.
-        from tortoise_xpu.audio.conditioning import prepare_ar_clips
-        from tortoise_xpu.audio.mel import ar_mel
-
-        clips = [voice_samples] if isinstance(voice_samples, torch.Tensor) else list(voice_samples)
-        if not clips:
-            raise UserError("no voice clips given")
-        use_complex = tts.policy(1).use_complex_stft
-        dev = tts.device
-        with torch.no_grad():
-            mels = torch.stack([ar_mel(c.to(dev), tts.mel_norms.to(dev), use_complex=use_complex)
-                                for c in prepare_ar_clips(clips, generator)], dim=1)
-            with tts._on_device("autoregressive") as ar:
-                return ar.get_conditioning(mels.to(tts._stage_dtype("autoregressive"))).float()
+        return conditioning.ar_conditioning(store, ctx, voice_samples)[0]
     if conditioning_latents is not None:
-        latent = conditioning_latents[0] if isinstance(conditioning_latents, (tuple, list)) else conditioning_latents
-        latent = latent.detach().float().reshape(1, -1)
-        width = tts.model("autoregressive").config.model_dim
-        if latent.shape[1] != width:
-            raise UserError(f"an AR conditioning latent of width {latent.shape[1]} does not fit this AR model "
-                            f"({width}): it was made with other model files")
-        return latent
-    ar_latent, _ = tts.get_random_conditioning_latents(generator=generator)
-    return ar_latent
+        return conditioning.check_latents(store, ctx, conditioning_latents, ar_only=True)[0]
+    return conditioning.random_latents(store, ctx)[0]
 
 
-def tts_stream(tts, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
-               conditioning_latents: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None, *,
-               seed: int | None = None, stream_chunk_size: int = 40, overlap_wav_len: int = 1024,
-               first_buffer: int = FIRST_BUFFER, force_tokens: int | None = None, stats: StreamStats | None = None,
-               **settings: Any) -> Iterator[torch.Tensor]:
-    """Speak ``text`` as a stream of 24 kHz audio chunks: 1-D float32 CPU tensors.
+def stream_speech(store: Any, ctx: RunContext, text_tokens: torch.Tensor,
+                  voice_samples: Sequence[torch.Tensor] | None, conditioning_latents: Any,
+                  sampling: SamplingSettings, max_tokens: int, force: bool = False,
+                  options: StreamOptions = StreamOptions(), stats: StreamStats | None = None) -> Iterator[torch.Tensor]:
+    """Speak ``text_tokens`` as a stream of 24 kHz audio chunks: 1-D float32 CPU tensors.
 
     Args:
-        tts: the :class:`~tortoise_xpu.pipeline.tts.TextToSpeech` whose models, backend and policy run it
-            (its models folder needs ``hifidecoder.pth``).
-        voice_samples / conditioning_latents: the voice, as for ``tts()`` (only the AR latent is used);
-            neither means a random voice.
-        seed: one seed, one result (drawn from the clock when None).
-        stream_chunk_size: codes per chunk after the first (``<= 0``: one chunk at the end).
-        overlap_wav_len: crossfade length in samples between chunks.
-        first_buffer: the first chunk waits for ``max(stream_chunk_size, first_buffer)`` codes.
-        force_tokens: sample exactly this many codes, ignoring the stop token (benchmarks).
+        store: the model store (its models folder needs ``hifidecoder.pth``).
+        ctx: the run's context (Policy for one candidate, generator seeded by the run's seed,
+            report, progress, cancellation, checked at every AR step).
+        text_tokens: (1, T) token ids as ``TextToSpeech.text_tokens`` gives them.
+        voice_samples / conditioning_latents: the voice, as for ``tts()`` (only the AR latent is
+            used); neither means a random voice.
+        sampling / max_tokens: the AR settings and code budget; ``force`` ignores the stop token.
+        options: the chunk schedule.
         stats: a :class:`StreamStats` to fill in (time to first audio, codes).
-        settings: ``tts()``'s settings; the AR ones (temperature, top_p, top_k — 50 by default, as
-            the original's stream —, repetition_penalty, typical_sampling, typical_mass,
-            max_mel_tokens) are used, the candidate, ranking and diffusion ones do not apply.
 
-    Raises:
-        UserError: bad settings, or ``[bracketed]`` text while redaction is on (a stream cannot cut
-            words it has already played; construct with ``enable_redaction=False`` to speak them).
+    Nothing runs until the first ``next()``: the request was checked by the caller.
     """
-    if overlap_wav_len < 0 or first_buffer < 0:
-        raise UserError("overlap_wav_len and first_buffer must be >= 0")
-    s, sampling, max_tokens = resolve_settings(settings, force_tokens)
-    if tts.enable_redaction and ("[" in text or "]" in text):
-        raise UserError("streaming cannot cut [bracketed] text from audio it has already played; remove the "
-                        "brackets, or turn redaction off (--disable-redaction / enable_redaction=False) to speak them")
-    text_tokens = tts.text_tokens(text)
-    seed = int(time.time()) if seed is None else int(seed)
-    return _stream(tts, text_tokens, voice_samples, conditioning_latents, seed, sampling, max_tokens,
-                   bool(force_tokens), int(stream_chunk_size), int(overlap_wav_len), int(first_buffer),
-                   stats if stats is not None else StreamStats())
+    return _chunks(store, ctx, text_tokens, voice_samples, conditioning_latents, sampling, max_tokens, force,
+                   options, stats if stats is not None else StreamStats())
 
 
-def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents, seed: int,
-            sampling: SamplingSettings, max_tokens: int, force: bool, chunk_size: int, overlap: int,
-            first_buffer: int, stats: StreamStats) -> Iterator[torch.Tensor]:
-    # A generator of its own, so that the checks above raise at the call, not at the first next().
-    from tortoise_xpu.pipeline.tts import SAMPLE_RATE, RunReport
-
+def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
+            sampling: SamplingSettings, max_tokens: int, force: bool, options: StreamOptions,
+            stats: StreamStats) -> Iterator[torch.Tensor]:
     started = time.perf_counter()
-    tts._candidates = 1
-    tts.last_report = RunReport(seed=seed, candidates=1, tokens=max_tokens, policy=tts.policy(1).to_dict())
-    tts.backend.reset_peak_memory()
-    gen = torch.Generator().manual_seed(seed)
-    dev = tts.device
-    with tts._timed("conditioning"):
-        ar_latent = _ar_voice_latent(tts, voice_samples, conditioning_latents, gen).to(dev)
-    u = uniforms(gen, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
-    fader = Crossfader(overlap)
-    due = max(chunk_size, first_buffer) if chunk_size > 0 else None
-    engine = tts._stream_decoder()
-    per_stage = not tts.policy(1).resident
+    report = ctx.report
+    store.backend.reset_peak_memory()
+    dev = store.device
+    with ctx.timed("conditioning"):
+        ar_latent = voice_latent(store, ctx, voice_samples, conditioning_latents).to(dev)
+    u = uniforms(ctx.generator, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
+    fader = Crossfader(options.overlap)
+    chunk_size = options.chunk_size
+    due = max(chunk_size, options.first_buffer) if chunk_size > 0 else None
     n = 0  # codes kept (the stop code included)
-    with tts._on_device("autoregressive") as ar, tts._on_device("hifidecoder") as hifi:
+    with store.on_device("autoregressive", ctx) as ar, store.on_device("hifidecoder", ctx) as hifi, \
+            store.decode_engine(ctx.policy) as engine:
         stop = ar.config.stop_mel_token
         steps = engine.iter_decode(ar, ar_latent, text_tokens.to(dev), u, sampling, max_tokens, force,
-                                   cache_dtype=next(ar.parameters()).dtype, keep_hidden=True)
+                                   cache_dtype=weight_dtype(ar), keep_hidden=True)
+        report.decode_mode = engine.mode
         decoded = 0  # codes the last vocoder pass covered
         done = False
         try:
             while not done:
-                with tts._timed("ar"), torch.no_grad():
+                with ctx.timed("ar"), torch.no_grad():
                     # Up to the next chunk, reading the codes back every STOP_CHECK_EVERY steps only:
                     # the device runs ahead without a sync per code (graphs where the policy has them).
                     target = decoded + due if due is not None else max_tokens
                     while True:
                         ran, st = next(steps)
-                        tts._report("ar", ran, max_tokens)
+                        ctx.step("ar", ran, max_tokens)
                         if ran < min(target, max_tokens) and ran % STOP_CHECK_EVERY:
                             continue
                         codes = st.codes[0, n:ran].tolist()
@@ -192,9 +178,10 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
                         done = stats.stopped or n == max_tokens
                         if done or n >= target:
                             break
-                with tts._timed("hifigan"), torch.no_grad():
-                    seq = st.hidden[:, :n].to(next(hifi.parameters()).dtype)  # (1, n, D): the state behind each code
-                    wav = hifi.inference(seq, g=ar_latent).float().reshape(-1)
+                with ctx.timed("hifigan"):
+                    # The whole latent sequence so far, every time: one call, so a windowed decode
+                    # can take its place; only the new part of its output is emitted.
+                    wav = vocoding.hifigan_decode(hifi, st.hidden[:, :n], ar_latent)
                     chunk = fader.push(wav, final=done).cpu()
                 decoded = n
                 due = chunk_size if chunk_size > 0 else None
@@ -203,11 +190,10 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
                         stats.first_audio_s = time.perf_counter() - started
                     stats.chunks += 1
                     stats.samples += chunk.numel()
-                    tts.last_report.audio_seconds = stats.samples / SAMPLE_RATE
+                    report.audio_seconds = stats.samples / SAMPLE_RATE
                     yield chunk
         finally:
             steps.close()
-            if per_stage:
-                engine.release()  # per-stage mode: the KV cache and graphs leave with the model
-    tts.last_report.ar_steps = n
-    tts.last_report.peak_memory_bytes = tts.backend.peak_memory()
+            report.decode_mode = engine.mode
+    report.ar_steps = n
+    report.peak_memory_bytes = store.backend.peak_memory()

@@ -1,85 +1,85 @@
-"""``TextToSpeech``: the one pipeline, run on whatever Backend + Policy it is given.
+"""``TextToSpeech``: the original's API, as two short compositions of the pipeline's stages.
 
 text → BPE tokens → voice latents (AR 1024-d, diffusion 2048-d) → AR sampling of N
 candidates over a KV cache → fix stop tokens → CLVP ranking (optionally CVVP) → AR
 latents pass for the best k → trim after the calm-token run → diffusion (p / ddim /
-dpm++2m) → UnivNet at 24 kHz.
+dpm++2m) → UnivNet at 24 kHz (``tts``); or one candidate decoded by HiFi-GAN while it is
+sampled (``tts_stream``, pipeline/stream.py).
 
-Nothing here branches on a device type: the Backend says where tensors live and how
-to synchronise, the Policy says which dtype each stage runs in, how many candidates
-one AR batch holds and whether models stay resident.  Every random draw comes from
-one CPU ``torch.Generator`` seeded by ``seed``, so a seed gives one result on every
-backend (up to floating point).
+The models live in a :class:`~tortoise_xpu.pipeline.store.ModelStore` (loaded once, shared);
+each call builds its own :class:`~tortoise_xpu.pipeline.context.RunContext` (settings, Policy,
+CPU generator, report, cancellation), so one ``TextToSpeech`` serves several threads at once and
+a seed gives the same audio alone or among concurrent calls.  Nothing here branches on a device
+type: the Backend says where tensors live, the Policy which dtype each stage runs in, how many
+candidates one AR batch holds and how the AR decode runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import dataclasses
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from tortoise_xpu.audio.rates import SAMPLE_RATE
-from tortoise_xpu.backends.markers import stage as audit_stage
 from tortoise_xpu.errors import UserError
+from tortoise_xpu.pipeline import ar_sampling, conditioning, diffusion, latents, ranking, vocoding
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
+from tortoise_xpu.pipeline.context import Progress, RunContext, RunReport
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
-from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
+from tortoise_xpu.pipeline.sampling import SamplingSettings
+from tortoise_xpu.pipeline.store import ModelStore
+from tortoise_xpu.pipeline.stream import FIRST_BUFFER, StreamOptions, StreamStats, stream_speech
+from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, SAMPLE_RATE
 
+__all__ = ["AR_SAMPLE_RATE", "SAMPLE_RATE", "Progress", "RunReport", "TextToSpeech"]
 
-# Progress callback: (stage, done, total).
-Progress = Callable[[str, int, int], None]
+#: Candidate count of the Policy that decides the store's residency and serves ``model(name)``
+#: (the presets' default).
+DEFAULT_CANDIDATES = 16
 
-
-@dataclass
-class RunReport:
-    """What the last ``tts`` call did: per-stage seconds (device-synchronised), memory, sizes."""
-
-    seed: int = 0
-    stages: dict[str, float] = field(default_factory=dict)
-    tokens: int = 0
-    candidates: int = 0
-    ar_steps: int = 0
-    audio_seconds: float = 0.0
-    peak_memory_bytes: int | None = None
-    policy: dict[str, Any] = field(default_factory=dict)
-    scores: list[float] = field(default_factory=list)
-
-    @property
-    def total_s(self) -> float:
-        return sum(self.stages.values())
-
-
-def _weight_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The floating-point dtype a module's weights are stored in (its inputs must match)."""
-    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+# Models in the order the stages of ``tts`` use them (conditioning: AR then diffusion; sampling;
+# ranking; latents; diffusion; vocoder): per-stage mode prefetches the next one during each stage.
+STAGE_PLAN = ("autoregressive", "diffusion", "autoregressive", "clvp", "autoregressive", "diffusion", "vocoder")
 
 
 class TextToSpeech:
-    """Tortoise text-to-speech, with the original's API.
+    """Tortoise text-to-speech, with the original's API; safe to call from several threads at once.
 
     Args:
         models_dir: folder with the model files (default ``$TORTOISE_XPU_MODELS`` or the user cache).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``rocm``, ``xpu``, ``mps``, ``directml``, ``dml:0``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``rocm``, ``xpu``, ``mps``, ``directml``, ``dml:0``
+            (or a Backend instance).
         dtype: one dtype for every stage (overrides the backend policy's choice).
         batch_size: AR candidates per batch (overrides the policy).
         low_vram / high_vram: move each model to the device only for its stage / keep all resident.
+        graph_capture: allow (True) or forbid (False) device graphs in the AR decode.
         enable_redaction: allow ``[bracketed]`` prompt text to be cut from the audio (needs the
             ``redaction`` extra); off means brackets are spoken as written.
+        tokenizer_basic: the basic text cleaners instead of the English ones.
         auto_download: fetch model files missing from ``models_dir`` from the asset registry's
             sources on first use (as the original does); off, a missing file is an error that
             names the download command.
         progress: ``progress(stage, done, total)`` called during long stages.
+        checkpoints: fine-tuned files per network, e.g. ``{"autoregressive": "ft.pth"}``, loaded
+            beside the official rest and checked as strictly.
+        decode_mode / compile: force the AR decode mode (``eager``, ``static``, ``graph``) and wrap
+            its static step in ``torch.compile`` (benchmarks; default: the Policy's choice and
+            ``$TORTOISE_XPU_DECODE`` / ``$TORTOISE_XPU_COMPILE``).
+
+    ``last_report`` is the :class:`RunReport` of the latest ``tts``/``tts_stream`` call made by the
+    *calling thread* (each thread sees its own); a run's report is created when the call starts
+    and filled in as it goes.
     """
 
-    def __init__(self, models_dir: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
+    def __init__(self, models_dir: str | Path | None = None, device: Any = "auto", dtype: str | torch.dtype | None = None,
                  *, batch_size: int | None = None, low_vram: bool = False, high_vram: bool = False,
                  graph_capture: bool | None = None, enable_redaction: bool = True, tokenizer_basic: bool = False,
-                 auto_download: bool = True, progress: Progress | None = None):
+                 auto_download: bool = True, progress: Progress | None = None,
+                 checkpoints: Mapping[str, str | Path] | None = None, decode_mode: str | None = None,
+                 compile: bool | str | None = None):
         from tortoise_xpu import assets
         from tortoise_xpu.backends import resolve
         from tortoise_xpu.backends.policy import Overrides
@@ -88,168 +88,110 @@ class TextToSpeech:
         self.device = self.backend.device
         self.models_dir = assets.models_dir(models_dir)
         self.overrides = Overrides(dtype=dtype, batch_size=batch_size, low_vram=low_vram, high_vram=high_vram,
-                                   graph_capture=graph_capture)
+                                   graph_capture=graph_capture, decode_mode=decode_mode, compile=compile)
         self.enable_redaction = enable_redaction
         self.auto_download = auto_download
         self.progress = progress
-        self._tokenizer_basic = tokenizer_basic
-        self._tokenizer = None
-        self._mel_norms: torch.Tensor | None = None
-        self._models: dict[str, torch.nn.Module] = {}
+        self.tokenizer_basic = tokenizer_basic
+        self.checkpoints = ModelStore.check_overrides(checkpoints or {})  # a bad path fails here, not mid-run
+        self._lock = threading.RLock()  # guards the Policy cache and the store's creation
         self._policies: dict[int, Any] = {}
-        self._candidates = 16  # the candidate count of the current run; it selects the Policy
-        self._plan: list[str] = []  # models the rest of the current run will use, in order (prefetching)
-        self._model_shuttle = None  # per-stage model mover, made on first use
-        self._decode_engine = None  # AR decode engine, kept across runs for its buffers and graphs
-        self._stream_engine = None  # the same for streaming (batch 1)
-        self.last_report = RunReport()
+        self._resident: bool | None = None
+        self._store: ModelStore | None = None
+        self._local = threading.local()
 
     # ------------------------------------------------------------------------------------ set-up
-    def policy(self, candidates: int = 16):
-        """The Policy for a run of ``candidates`` AR samples (computed once per count, before loading)."""
+    def _make_policy(self, candidates: int, **extra: Any):
         from tortoise_xpu.backends.policy import policy_for
 
-        if candidates not in self._policies:
-            ov = self.overrides
-            self._policies[candidates] = policy_for(
-                self.backend, candidates=candidates, dtype=ov.dtype, batch_size=ov.batch_size,
-                low_vram=ov.low_vram, high_vram=ov.high_vram, graph_capture=ov.graph_capture)
-        return self._policies[candidates]
+        fields = {f.name: getattr(self.overrides, f.name) for f in dataclasses.fields(self.overrides)}
+        return policy_for(self.backend, candidates=candidates, **{**fields, **extra})
+
+    def _residency(self) -> bool:
+        """The store's residency: the flags', else the Policy of the default candidate count's."""
+        with self._lock:
+            if self._resident is None:
+                ov = self.overrides
+                self._resident = (False if ov.low_vram else True if ov.high_vram
+                                  else self._make_policy(DEFAULT_CANDIDATES).resident)
+            return self._resident
+
+    def policy(self, candidates: int = DEFAULT_CANDIDATES):
+        """The Policy for a run of ``candidates`` AR samples (computed once per count, before loading;
+        its residency is the store's)."""
+        with self._lock:
+            if candidates not in self._policies:
+                self._policies[candidates] = self._make_policy(candidates, resident=self._residency())
+            return self._policies[candidates]
+
+    @property
+    def store(self) -> ModelStore:
+        """The model store every run of this object shares (made on first use)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = ModelStore(self.backend, self.models_dir, resident=self._residency(),
+                                             checkpoints=self.checkpoints, auto_download=self.auto_download,
+                                             download_progress=self.progress is not None,
+                                             tokenizer_basic=self.tokenizer_basic)
+        return self._store
+
+    def checkpoint_overrides(self) -> dict[str, str]:
+        """The fine-tuned files in use instead of official ones, file name -> path (``--json`` names them)."""
+        return {file: str(path) for file, path in self.checkpoints.items()}
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from tortoise_xpu.text.tokenizer import VoiceBpeTokenizer
-
-            self._tokenizer = VoiceBpeTokenizer(self._asset_path("tokenizer.json"),
-                                                use_basic_cleaners=self._tokenizer_basic)
-        return self._tokenizer
+        return self.store.tokenizer
 
     @property
     def mel_norms(self) -> torch.Tensor:
-        if self._mel_norms is None:
-            from tortoise_xpu.audio.mel import load_mel_norms
-
-            self._mel_norms = load_mel_norms(self._asset_path("mel_norms.pth"))
-        return self._mel_norms
-
-    def _asset_path(self, name: str) -> Path:
-        """Where asset ``name`` is in the models folder, downloading it first when allowed and missing."""
-        from tortoise_xpu import assets
-
-        return assets.ensure(name, self.models_dir, auto_download=self.auto_download,
-                             progress=self.progress is not None)
-
-    def _stage_dtype(self, name: str) -> torch.dtype:
-        stage = {"autoregressive": "ar", "clvp": "clvp", "cvvp": "clvp", "diffusion": "diffusion",
-                 "vocoder": "vocoder", "hifidecoder": "vocoder"}.get(name)
-        return self.policy(self._candidates).dtype(stage) if stage else torch.float32
+        return self.store.mel_norms
 
     def model(self, name: str) -> torch.nn.Module:
         """The loaded model ``name`` (registry names: autoregressive, clvp, diffusion, vocoder, ...)."""
-        if name not in self._models:
-            from tortoise_xpu.models import registry
-            from tortoise_xpu.models.loading import load_model
-
-            path = self._asset_path(registry.spec(name).file)
-            dtype = self._stage_dtype(name)
-            if hasattr(registry.spec(name).model_class(), "use_layer_autocast") and dtype != torch.float32 \
-                    and self.backend.supports_autocast(dtype):
-                # The diffusion decoder autocasts all but its first layer (the original's use_fp16
-                # scheme): much closer to float32 than casting every weight.
-                m = load_model(name, self.models_dir, path=path).use_layer_autocast(dtype)
-            else:
-                m = load_model(name, self.models_dir, dtype=dtype, path=path)
-            if hasattr(m, "use_weight_first_linears"):
-                m.use_weight_first_linears(self.policy(self._candidates).ar_weight_first)
-            if self.policy(self._candidates).resident:
-                m = self.backend.to_device(m)
-            self._models[name] = m
-        return self._models[name]
-
-    @contextlib.contextmanager
-    def _on_device(self, name: str) -> Iterator[torch.nn.Module]:
-        """The model on the device for one stage; in per-stage mode it goes back to the CPU afterwards."""
-        m = self.model(name)
-        if self.policy(self._candidates).resident:
-            # The policy is per candidate count: an earlier per-stage run may have left this model on
-            # the host (the shuttle points it back at its host copies), so bring it over when needed.
-            if any(t.device != self.device for t in itertools.islice(m.parameters(), 1)):
-                m = self.backend.to_device(m)
-            yield m
-            return
-        shuttle = self._shuttle()
-        m = shuttle.to_device(m)
-        following = self._next_in_plan(name)
-        if following is not None and following != name:
-            shuttle.prefetch(self.model(following))  # overlaps with this stage where the backend has streams
-        try:
-            yield m
-        finally:
-            shuttle.offload(m)  # drops the device copy: the host copy is kept, nothing is copied back
-            self.backend.empty_cache()
-
-    # Models in the order the stages of ``tts`` use them (conditioning: AR then diffusion; sampling;
-    # ranking; latents; diffusion; vocoder): per-stage mode prefetches the next one during each stage.
-    _STAGE_PLAN = ("autoregressive", "diffusion", "autoregressive", "clvp", "autoregressive", "diffusion", "vocoder")
-
-    def _shuttle(self):
-        """The per-stage mover of models (backends/offload.py), made on first use."""
-        if self._model_shuttle is None:
-            from tortoise_xpu.backends.offload import ModelShuttle
-
-            self._model_shuttle = ModelShuttle(self.backend)
-        return self._model_shuttle
-
-    def _next_in_plan(self, name: str) -> str | None:
-        """Advance the per-run stage plan past ``name``; the model the stage after it needs, if known."""
-        plan = self._plan
-        if name not in plan:
-            return None
-        del plan[:plan.index(name) + 1]
-        return plan[0] if plan else None
+        return self.store.model(name, self.policy())
 
     def load_models(self, names: Sequence[str] | None = None, candidates: int | None = None) -> dict[str, float]:
         """Load the models of a run now rather than lazily in their stages; returns seconds per model.
 
         ``names`` default to the models every synthesis needs (autoregressive, clvp, diffusion,
         vocoder); add ``rlg_auto``/``rlg_diffuser`` for random voices or ``cvvp`` for CVVP ranking.
-        ``candidates`` picks the policy (dtypes, residency) the run will use.  Benchmarks call this
+        ``candidates`` picks the policy (dtypes, preparation) the run will use.  Benchmarks call this
         so that model-load time is reported apart from synthesis.
         """
-        if candidates is not None:
-            self._candidates = int(candidates)
+        policy = self.policy(int(candidates) if candidates is not None else DEFAULT_CANDIDATES)
         times = {}
         for name in names or ("autoregressive", "clvp", "diffusion", "vocoder"):
             start = time.perf_counter()
-            self.model(name)
+            self.store.model(name, policy)
             self.backend.synchronize()
             times[name] = time.perf_counter() - start
         return times
 
-    @contextlib.contextmanager
-    def _timed(self, stage: str) -> Iterator[None]:
-        self.backend.synchronize()
-        start = time.perf_counter()
-        try:
-            with audit_stage(stage):  # names the stage for the portability audit (backends/markers.py)
-                yield
-            self.backend.synchronize()
-        except Exception as exc:
-            # A device OOM outside the AR back-off, or a driver failure: one line naming the stage and
-            # what to try, instead of a driver traceback.  Anything else (a bug) passes unchanged.
-            from tortoise_xpu.backends.errors import user_facing_error
+    # ------------------------------------------------------------------------------------ runs
+    @property
+    def last_report(self) -> RunReport:
+        """The report of the calling thread's latest run (an empty one before its first)."""
+        report = getattr(self._local, "report", None)
+        if report is None:
+            report = self._local.report = RunReport()
+        return report
 
-            clean = user_facing_error(exc, self.backend, stage)
-            if clean is None:
-                raise
-            raise clean from exc
-        finally:
-            self.last_report.stages[stage] = self.last_report.stages.get(stage, 0.0) + time.perf_counter() - start
+    @last_report.setter
+    def last_report(self, report: RunReport) -> None:
+        self._local.report = report
 
-    def _report(self, stage: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(stage, done, total)
+    def new_context(self, candidates: int = 1, generator: torch.Generator | None = None, *, seed: int = 0,
+                    settings: Mapping[str, Any] | None = None, plan: Sequence[str] = (),
+                    cancel: threading.Event | Callable[[], bool] | None = None,
+                    report: RunReport | None = None) -> RunContext:
+        """A run context on this object's Policy for ``candidates`` and its progress callback; the
+        generator defaults to one seeded with ``seed``.  Stages called directly take one."""
+        return RunContext(policy=self.policy(candidates), backend=self.backend, seed=seed,
+                          generator=generator if generator is not None else torch.Generator().manual_seed(seed),
+                          settings=dict(settings or {}), report=report if report is not None else RunReport(),
+                          progress=self.progress, cancel=cancel, plan=list(plan))
 
     # ------------------------------------------------------------------------------------ voices
     def get_conditioning_latents(self, voice_samples: Sequence[torch.Tensor], return_mels: bool = False,
@@ -260,45 +202,13 @@ class TextToSpeech:
         its first 102400 samples at 24 kHz feed the diffusion model; latents are averaged over clips.
         With ``return_mels`` the AR conditioning mels (1, n, 80, T) are returned too (CVVP uses them).
         """
-        from tortoise_xpu.audio.conditioning import prepare_ar_clips, prepare_diffusion_clips
-        from tortoise_xpu.audio.mel import ar_mel, univnet_mel
-
-        if isinstance(voice_samples, torch.Tensor):
-            voice_samples = [voice_samples]
-        if not voice_samples:
-            raise UserError("no voice clips given")
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        use_complex = self.policy(self._candidates).use_complex_stft
-        dev = self.device
-        with torch.no_grad():
-            ar_clips = prepare_ar_clips(voice_samples, generator)
-            ar_mels = torch.stack([ar_mel(c.to(dev), self.mel_norms.to(dev), use_complex=use_complex)
-                                   for c in ar_clips], dim=1)  # (1, n, 80, T)
-            with self._on_device("autoregressive") as ar:
-                ar_latent = ar.get_conditioning(ar_mels.to(self._stage_dtype("autoregressive"))).float()
-            diff_mels = [univnet_mel(c.to(dev), use_complex=use_complex)
-                         for c in prepare_diffusion_clips(voice_samples)]
-            with self._on_device("diffusion") as diffusion:
-                dt = _weight_dtype(diffusion)
-                diff_latent = diffusion.get_conditioning([m.to(dt) for m in diff_mels]).float()
-        if return_mels:
-            return ar_latent, diff_latent, ar_mels
-        return ar_latent, diff_latent
-
-    def _check_latents(self, latents) -> tuple[torch.Tensor, torch.Tensor]:
-        """Saved latents as (1, D) float tensors, checked against the loaded models' widths."""
-        ar, diff = (t.detach().float().reshape(1, -1) for t in latents)
-        want = (self.model("autoregressive").config.model_dim, 2 * self.model("diffusion").config.model_channels)
-        if (ar.shape[1], diff.shape[1]) != want:
-            raise UserError(f"conditioning latents of widths {ar.shape[1]} and {diff.shape[1]} do not fit these "
-                            f"models ({want[0]} and {want[1]}): they were made with other model files")
-        return ar, diff
+        ctx = self.new_context(DEFAULT_CANDIDATES, generator, plan=STAGE_PLAN[:2])
+        ar_latent, diff_latent, ar_mels = conditioning.conditioning_latents(self.store, ctx, voice_samples)
+        return (ar_latent, diff_latent, ar_mels) if return_mels else (ar_latent, diff_latent)
 
     def get_random_conditioning_latents(self, generator: torch.Generator | None = None):
         """A random voice from the random-latent generators: ``(ar (1, 1024), diffusion (1, 2048))``."""
-        ref = torch.zeros(1)
-        with torch.no_grad(), self._on_device("rlg_auto") as rlg_a, self._on_device("rlg_diffuser") as rlg_d:
-            return rlg_a(ref, generator=generator).float(), rlg_d(ref, generator=generator).float()
+        return conditioning.random_latents(self.store, self.new_context(DEFAULT_CANDIDATES, generator))
 
     # ------------------------------------------------------------------------------------ text
     def text_tokens(self, text: str) -> torch.Tensor:
@@ -311,94 +221,26 @@ class TextToSpeech:
         check_text_length(ids)
         return torch.tensor([tts_text_tokens(ids)], dtype=torch.long)
 
-    # ------------------------------------------------------------------------------------ AR
-    def _decoder(self):
-        """The AR decode engine (pipeline/decode.py); its buffers and graphs are reused across batches."""
-        from tortoise_xpu.pipeline.decode import DecodeEngine
-
-        graphs = self.policy(self._candidates).graph_capture
-        engine = self._decode_engine
-        if engine is None or engine.graphs_requested != graphs:
-            engine = DecodeEngine(self.backend, graphs=graphs, progress=lambda d, t: self._report("ar", d, t))
-            self._decode_engine = engine
-        return engine
-
-    def _stream_decoder(self):
-        """The decode engine of ``tts_stream`` (batch 1): its own, so a stream does not drop the
-        buffers and graphs that ``tts`` keeps for its candidate batch, nor the other way round.
-        While a stream is paused mid-way, another stream gets a private engine of its own."""
-        from tortoise_xpu.pipeline.decode import DecodeEngine
-
-        graphs = self.policy(1).graph_capture
-        engine = self._stream_engine
-        if engine is not None and engine.busy:
-            return DecodeEngine(self.backend, graphs=graphs)
-        if engine is None or engine.graphs_requested != graphs:
-            engine = self._stream_engine = DecodeEngine(self.backend, graphs=graphs)
-        return engine
-
-    def _decode_batch(self, ar, cond: torch.Tensor, text: torch.Tensor, u: torch.Tensor, s: SamplingSettings,
-                      max_tokens: int, force: bool) -> torch.Tensor:
-        """Sample ``u.shape[0]`` candidates; returns codes (B, max_tokens) padded with the stop token."""
-        # The cache must hold what the model computes (SDPA refuses mixed q/k dtypes): the weights'
-        # dtype, whatever loaded or cast the model, rather than what the policy would choose.
-        result = self._decoder().decode(ar, cond, text, u, s, max_tokens, force,
-                                        cache_dtype=_weight_dtype(ar))
-        self.last_report.ar_steps = max(self.last_report.ar_steps, result.steps)
-        return result.codes
-
+    # ------------------------------------------------------------------------------------ single stages
     def sample_codes(self, cond: torch.Tensor, text: torch.Tensor, num_samples: int, settings: SamplingSettings,
                      max_tokens: int, generator: torch.Generator, force_tokens: bool = False) -> torch.Tensor:
-        """``num_samples`` candidate code sequences (num_samples, max_tokens), in OOM-safe batches.
+        """``num_samples`` candidate code sequences (num_samples, max_tokens), in OOM-safe batches
+        (the AR sampling stage, pipeline/ar_sampling.py, on a context of its own)."""
+        ctx = self.new_context(num_samples, generator)
+        return ar_sampling.sample_codes(self.store, ctx, cond, text, num_samples, settings, max_tokens,
+                                        bool(force_tokens))
 
-        Each candidate's uniforms are drawn up front from ``generator``, so a candidate's codes do not
-        depend on the batch size (nor on an out-of-memory back-off).
-        """
-        from tortoise_xpu.backends.oom import run_with_backoff
-
-        policy = self.policy(num_samples)
-        u = uniforms(generator, max_tokens, num_samples).t().contiguous()  # (num_samples, steps)
-        with self._on_device("autoregressive") as ar:
-            cond = cond.to(self.device)
-            text = text.to(self.device)
-
-            def work(ids: Sequence[int]) -> list[torch.Tensor]:
-                rows = u[list(ids)]
-                with torch.no_grad():
-                    codes = self._decode_batch(ar, cond, text, rows, settings, max_tokens, force_tokens)
-                return list(codes.unbind(0))
-
-            rows = run_with_backoff(work, list(range(num_samples)), policy.ar_batch_size, backend=self.backend)
-            if not policy.resident:
-                # Per-stage mode: the KV cache and graphs leave with the model.  Dropped inside the
-                # block, so the empty_cache() on leaving it can hand their memory back to the driver.
-                self._decoder().release()
-        return torch.stack(rows)
-
-    # ------------------------------------------------------------------------------------ ranking
     def rank(self, text: torch.Tensor, codes: torch.Tensor, k: int, cvvp_amount: float = 0.0,
              ar_mels: torch.Tensor | None = None, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (N,) of fixed candidates against the text, and the indices of the best ``k``."""
-        scores = []
-        with torch.no_grad():
-            # Without voice clips (random voice, saved latents) CVVP has nothing to compare with:
-            # CLVP alone ranks, whatever cvvp_amount says (the original crashed on cvvp_amount=1 there).
-            if cvvp_amount < 1 or ar_mels is None:
-                with self._on_device("clvp") as clvp:
-                    for i in range(0, codes.shape[0], batch):
-                        chunk = codes[i:i + batch].to(self.device)
-                        scores.append(clvp.score(text.to(self.device), chunk).float())
-                clvp_scores = torch.cat(scores)
-            if cvvp_amount > 0 and ar_mels is not None:
-                with self._on_device("cvvp") as cvvp:
-                    mels = ar_mels[0].to(self.device, self._stage_dtype("cvvp"))  # (clips, 80, T)
-                    # CVVP.score averages over the clips, as the original's per-clip loop does
-                    cvvp_scores = torch.cat([cvvp.score(mels, codes[i:i + batch].to(self.device)).float()
-                                             for i in range(0, codes.shape[0], batch)])
-                total = cvvp_scores if cvvp_amount >= 1 else cvvp_scores * cvvp_amount + clvp_scores * (1 - cvvp_amount)
-            else:
-                total = clvp_scores
-        return total.cpu(), torch.topk(total, k=min(k, total.shape[0])).indices.cpu()
+        return ranking.rank(self.store, self.new_context(DEFAULT_CANDIDATES), text, codes, k, cvvp_amount, ar_mels,
+                            batch)
+
+    def latents_to_mel(self, latents: torch.Tensor, diff_latent: torch.Tensor, s: Mapping[str, Any],
+                       generator: torch.Generator) -> torch.Tensor:
+        """Diffusion from AR latents (1, S, 1024) to a denormalised log-mel (1, 100, L), float32."""
+        ctx = self.new_context(DEFAULT_CANDIDATES, generator, settings={**TTS_DEFAULTS, **s})
+        return diffusion.latents_to_mel(self.store, ctx, latents, diff_latent)
 
     # ------------------------------------------------------------------------------------ synthesis
     def tts_with_preset(self, text: str, preset: str = DEFAULT_PRESET, **kwargs: Any):
@@ -406,22 +248,10 @@ class TextToSpeech:
         passthrough = {k: kwargs.pop(k) for k in list(kwargs) if k not in TTS_DEFAULTS}
         return self.tts(text, **preset_settings(preset, **kwargs), **passthrough)
 
-    def tts(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
-            conditioning_latents: tuple[torch.Tensor, torch.Tensor] | None = None, k: int = 1, *,
-            seed: int | None = None, use_deterministic_seed: int | None = None, force_tokens: int | None = None,
-            return_deterministic_state: bool = False, verbose: bool = False, **settings: Any):
-        """Speak ``text``; returns a (1, S) 24 kHz float tensor, or a list of k of them when k > 1.
-
-        ``voice_samples``: clips at 22.05 kHz; else ``conditioning_latents``; else a random voice.
-        ``settings``: the original's knobs (``num_autoregressive_samples``, ``temperature``,
-        ``top_p``, ``top_k``, ``repetition_penalty``, ``typical_sampling``, ``max_mel_tokens``,
-        ``cvvp_amount``, ``diffusion_iterations``, ``cond_free``, ``cond_free_k``,
-        ``diffusion_temperature``, ``sampler``), defaulting to the original ``tts()`` defaults.
-        ``force_tokens``: generate exactly this many codes, ignoring the stop token (benchmarks).
-        """
+    def _check_request(self, text: str, k: int, settings: Mapping[str, Any], force_tokens: int | None):
+        """Every check of a ``tts()`` request, before anything runs: ``(settings, sampling, max
+        tokens, redaction parse or None)``; raises UserError with one line."""
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
-        seed = seed if seed is not None else use_deterministic_seed
-        seed = int(time.time()) if seed is None else int(seed)
         num_samples = int(s["num_autoregressive_samples"])
         if num_samples < 1:
             raise UserError("num_autoregressive_samples must be at least 1")
@@ -434,11 +264,10 @@ class TextToSpeech:
             raise UserError(f"unknown sampler {s['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
         if s["sampler"] == "dpm++2m" and not s["cond_free"]:
             raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
-
-        from tortoise_xpu.text.split import parse_redaction
-
         parsed = None
         if self.enable_redaction and ("[" in text or "]" in text):
+            from tortoise_xpu.text.split import parse_redaction
+
             try:
                 parsed = parse_redaction(text)
             except UserError as exc:
@@ -448,93 +277,115 @@ class TextToSpeech:
                 raise UserError("all of the text is inside [brackets], which steer the voice but are cut from the "
                                 "audio: nothing would be spoken. Put the words to say outside the brackets, or "
                                 "turn redaction off (--disable-redaction) to read them aloud")
-        self._candidates = num_samples
-        policy = self.policy(num_samples)
-        self.last_report = RunReport(seed=seed, candidates=num_samples, policy=policy.to_dict())
-        self.backend.reset_peak_memory()
-        self._plan = list(self._STAGE_PLAN if voice_samples is not None else self._STAGE_PLAN[2:])
-        gen = torch.Generator().manual_seed(seed)
+        return s, sampling, max_tokens, parsed
 
+    def tts(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
+            conditioning_latents: tuple[torch.Tensor, torch.Tensor] | None = None, k: int = 1, *,
+            seed: int | None = None, use_deterministic_seed: int | None = None, force_tokens: int | None = None,
+            return_deterministic_state: bool = False, verbose: bool = False,
+            cancel: threading.Event | Callable[[], bool] | None = None, **settings: Any):
+        """Speak ``text``; returns a (1, S) 24 kHz float tensor, or a list of k of them when k > 1.
+
+        ``voice_samples``: clips at 22.05 kHz; else ``conditioning_latents``; else a random voice.
+        ``settings``: the original's knobs (``num_autoregressive_samples``, ``temperature``,
+        ``top_p``, ``top_k``, ``repetition_penalty``, ``typical_sampling``, ``max_mel_tokens``,
+        ``cvvp_amount``, ``diffusion_iterations``, ``cond_free``, ``cond_free_k``,
+        ``diffusion_temperature``, ``sampler``), defaulting to the original ``tts()`` defaults.
+        ``force_tokens``: generate exactly this many codes, ignoring the stop token (benchmarks).
+        ``cancel``: an Event (or callable) that stops the run at its next step with ``Cancelled``.
+        """
+        s, sampling, max_tokens, parsed = self._check_request(text, k, settings, force_tokens)
+        seed = seed if seed is not None else use_deterministic_seed
+        seed = int(time.time()) if seed is None else int(seed)
+        num_samples = int(s["num_autoregressive_samples"])
+        report = RunReport(seed=seed, candidates=num_samples, policy=self.policy(num_samples).to_dict(),
+                           tokens=max_tokens)
+        self.last_report = report
+        ctx = self.new_context(num_samples, seed=seed, settings=s, cancel=cancel, report=report,
+                               plan=STAGE_PLAN if voice_samples is not None else STAGE_PLAN[2:])
+        self.backend.reset_peak_memory()
+        store = self.store
         # The models read the whole text, brackets included (as the original); redaction cuts audio later.
         text_tokens = self.text_tokens(text)
-        self.last_report.tokens = max_tokens
-        ar_mels = None
-        with self._timed("conditioning"):
-            if voice_samples is not None:
-                ar_latent, diff_latent, ar_mels = self.get_conditioning_latents(voice_samples, return_mels=True,
-                                                                                generator=gen)
-            elif conditioning_latents is not None:
-                ar_latent, diff_latent = self._check_latents(conditioning_latents)
-            else:
-                ar_latent, diff_latent = self.get_random_conditioning_latents(generator=gen)
-        ar_latent, diff_latent = ar_latent.to(self.device), diff_latent.to(self.device)
 
-        with self._timed("ar"):
-            codes = self.sample_codes(ar_latent, text_tokens, num_samples, sampling, max_tokens, gen,
-                                      force_tokens=bool(force_tokens))
-        stop = self.model("autoregressive").config.stop_mel_token
-        with self._timed("clvp"):
+        ar_mels = None
+        with ctx.timed("conditioning"):
+            if voice_samples is not None:
+                ar_latent, diff_latent, ar_mels = conditioning.conditioning_latents(store, ctx, voice_samples)
+            elif conditioning_latents is not None:
+                ar_latent, diff_latent = conditioning.check_latents(store, ctx, conditioning_latents)
+            else:
+                ar_latent, diff_latent = conditioning.random_latents(store, ctx)
+        with ctx.timed("ar"):
+            codes = ar_sampling.sample_codes(store, ctx, ar_latent, text_tokens, num_samples, sampling, max_tokens,
+                                             bool(force_tokens))
+        with ctx.timed("clvp"):
+            stop = store.model("autoregressive", ctx.policy).config.stop_mel_token
             codes = fix_autoregressive_output(codes.cpu(), stop)
-            scores, best = self.rank(text_tokens, codes, k, float(s["cvvp_amount"]), ar_mels)
-        self.last_report.scores = scores.tolist()
+            scores, best = ranking.rank(store, ctx, text_tokens, codes, k, float(s["cvvp_amount"]), ar_mels)
+        report.scores = scores.tolist()
         best_codes = codes[best]
-        with self._timed("latents"), torch.no_grad(), self._on_device("autoregressive") as ar:
-            n = best_codes.shape[0]
-            latents = ar(ar_latent.expand(n, -1), text_tokens.to(self.device).expand(n, -1),
-                         torch.tensor([text_tokens.shape[1]], device=self.device), best_codes.to(self.device),
-                         torch.tensor([best_codes.shape[1] * ar.config.mel_length_compression], device=self.device),
-                         return_latent=True, clip_inputs=False).float()
+        with ctx.timed("latents"):
+            lat = latents.ar_latents(store, ctx, ar_latent, text_tokens, best_codes)
         wavs = []
         for i in range(best_codes.shape[0]):
-            keep = trim_length(best_codes[i])
-            mel = self.latents_to_mel(latents[i:i + 1, :keep], diff_latent, s, gen)
-            with self._timed("vocoder"), torch.no_grad(), self._on_device("vocoder") as vocoder:
-                wav = vocoder.inference(mel.to(self._stage_dtype("vocoder")), generator=gen).float().cpu()
-            wavs.append(wav.reshape(1, -1))
+            with ctx.timed("diffusion"):
+                mel = diffusion.latents_to_mel(store, ctx, lat[i:i + 1, :trim_length(best_codes[i])], diff_latent)
+            with ctx.timed("vocoder"):
+                wavs.append(vocoding.vocode(store, ctx, mel))
         if parsed is not None and parsed.has_redaction:
-            from tortoise_xpu.pipeline.redaction import redact
+            from tortoise_xpu.pipeline import redaction
 
-            with self._timed("redaction"):
-                wavs = [redact(w, parsed, self.backend) for w in wavs]
-        self.last_report.audio_seconds = wavs[0].shape[-1] / SAMPLE_RATE
-        self.last_report.peak_memory_bytes = self.backend.peak_memory()
+            with ctx.timed("redaction"):
+                wavs = redaction.cut_brackets(store, ctx, wavs, parsed)
+        report.audio_seconds = wavs[0].shape[-1] / SAMPLE_RATE
+        report.peak_memory_bytes = self.backend.peak_memory()
         result = wavs[0] if len(wavs) == 1 else wavs
         if return_deterministic_state:
             return result, (seed, text, voice_samples, conditioning_latents)
         return result
 
-    def latents_to_mel(self, latents: torch.Tensor, diff_latent: torch.Tensor, s: dict[str, Any],
-                       generator: torch.Generator) -> torch.Tensor:
-        """Diffusion from AR latents (1, S, 1024) to a denormalised log-mel (1, 100, L), float32."""
-        from tortoise_xpu.diffusion.samplers import denormalize_mel, output_length, sample
-
-        steps = int(s["diffusion_iterations"])
-        with self._timed("diffusion"), torch.no_grad(), self._on_device("diffusion") as diffusion:
-            dt = _weight_dtype(diffusion)
-            length = output_length(latents.shape[1])
-            emb = diffusion.timestep_independent(latents.to(dt), diff_latent.to(dt), length, False)
-            denoise = diffusion.denoiser(emb, True)
-
-            def model_fn(x: torch.Tensor, t: torch.Tensor, want_uncond: bool):
-                cond, uncond = denoise(x.to(dt), t, want_uncond)
-                return cond.float(), (uncond.float() if uncond is not None else None)
-
-            shape = (latents.shape[0], diffusion.in_channels, length)
-            mel = sample(model_fn, shape, sampler=s["sampler"],
-                         steps=steps, cond_free=bool(s["cond_free"]), cond_free_k=float(s["cond_free_k"]),
-                         generator=generator, temperature=float(s["diffusion_temperature"]),
-                         device=self.device, progress=lambda d, t: self._report("diffusion", d, t))
-            return denormalize_mel(mel)[:, :, :length]
-
     # ------------------------------------------------------------------------------------ streaming
     def tts_stream(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
-                   conditioning_latents: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any):
+                   conditioning_latents: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None, *,
+                   seed: int | None = None, stream_chunk_size: int = 40, overlap_wav_len: int = 1024,
+                   first_buffer: int = FIRST_BUFFER, force_tokens: int | None = None, stats: StreamStats | None = None,
+                   cancel: threading.Event | Callable[[], bool] | None = None, **settings: Any) -> Iterator[torch.Tensor]:
         """Speak ``text`` as a generator of 24 kHz audio chunks (1-D float32 CPU tensors).
 
         One AR candidate decoded by the HiFi-GAN decoder as it is sampled (no CLVP, no diffusion),
-        like the original's ``api_fast`` stream; see :func:`tortoise_xpu.pipeline.stream.tts_stream`
-        for the keyword arguments (``seed``, ``stream_chunk_size=40``, ``overlap_wav_len=1024``, ...).
-        """
-        from tortoise_xpu.pipeline.stream import tts_stream
+        like the original's ``api_fast`` stream (pipeline/stream.py; the models folder needs
+        ``hifidecoder.pth``).
 
-        return tts_stream(self, text, voice_samples, conditioning_latents, **kwargs)
+        Args:
+            voice_samples / conditioning_latents: the voice, as for ``tts()`` (only the AR latent is
+                used); neither means a random voice.
+            seed: one seed, one result (drawn from the clock when None).
+            stream_chunk_size: codes per chunk after the first (``<= 0``: one chunk at the end).
+            overlap_wav_len: crossfade length in samples between chunks.
+            first_buffer: the first chunk waits for ``max(stream_chunk_size, first_buffer)`` codes.
+            force_tokens: sample exactly this many codes, ignoring the stop token (benchmarks).
+            stats: a :class:`~tortoise_xpu.pipeline.stream.StreamStats` to fill in (time to first audio, codes).
+            cancel: an Event (or callable) that stops the stream at its next AR step with ``Cancelled``.
+            settings: ``tts()``'s settings; the AR ones (temperature, top_p, top_k — 50 by default, as
+                the original's stream —, repetition_penalty, typical_sampling, typical_mass,
+                max_mel_tokens) are used, the candidate, ranking and diffusion ones do not apply.
+
+        Raises:
+            UserError (at the call, not at the first ``next()``): bad settings, or ``[bracketed]`` text
+                while redaction is on (a stream cannot cut words it has already played; construct with
+                ``enable_redaction=False`` to speak them).
+        """
+        options = StreamOptions(int(stream_chunk_size), int(overlap_wav_len), int(first_buffer))
+        s, sampling, max_tokens = resolve_settings(settings, force_tokens)
+        if self.enable_redaction and ("[" in text or "]" in text):
+            raise UserError("streaming cannot cut [bracketed] text from audio it has already played; remove the "
+                            "brackets, or turn redaction off (--disable-redaction / enable_redaction=False) to "
+                            "speak them")
+        text_tokens = self.text_tokens(text)
+        seed = int(time.time()) if seed is None else int(seed)
+        report = RunReport(seed=seed, candidates=1, tokens=max_tokens, policy=self.policy(1).to_dict())
+        self.last_report = report
+        ctx = self.new_context(1, seed=seed, settings=s, cancel=cancel, report=report)
+        return stream_speech(self.store, ctx, text_tokens, voice_samples, conditioning_latents, sampling, max_tokens,
+                             bool(force_tokens), options, stats)
