@@ -1,0 +1,239 @@
+"""The serving engine: admission, the AR scheduler, and the stages before and after it.
+
+The HTTP layer only calls :meth:`Engine.submit` and reads the ticket's events; queueing,
+continuous batching, back-off, deadlines, cancellation and draining all live here.
+
+Threads (all daemon):
+
+* ``prep`` — text tokens, voice latents and uniforms of each request (:meth:`PipelineRunner.prepare`);
+* the AR scheduler (:mod:`tortoise_xpu.serve.scheduler`) — the continuous batch;
+* ``stream`` — HiFi-GAN, crossfade and time-stretch of streaming chunks, in order;
+* ``finish`` — ranking, diffusion and vocoder of quality requests.
+
+Torch releases the GIL inside its kernels, so these overlap on a multi-core CPU as on a GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tortoise_xpu.errors import TortoiseError
+from tortoise_xpu.serve.jobs import Draining, EngineError, NotReady, QueueFull, SpeechJob, Ticket
+from tortoise_xpu.serve.metrics import Metrics
+from tortoise_xpu.serve.runner import SAMPLE_RATE, PipelineRunner
+from tortoise_xpu.serve.scheduler import Active, Scheduler
+
+__all__ = ["Engine", "EngineConfig"]
+
+
+@dataclass
+class EngineConfig:
+    """Limits of one engine.
+
+    ``max_queue``: requests accepted but not yet decoding before new ones get 429;
+    ``max_batch``: AR rows per running batch (None: the Policy's AR batch size);
+    ``deadline_s``: default per-request deadline (None: none); ``retry_after_s``: the
+    ``Retry-After`` a 429 suggests.
+    """
+
+    max_queue: int = 32
+    max_batch: int | None = None
+    deadline_s: float | None = 600.0
+    retry_after_s: float = 2.0
+
+
+class _StreamState:
+    """Per streaming request: the crossfade and time-stretch state of its chunks."""
+
+    def __init__(self, overlap: int, speed: float):
+        from tortoise_xpu.audio.stretch import TimeStretcher
+        from tortoise_xpu.pipeline.stream import Crossfader
+
+        self.fader = Crossfader(overlap)
+        self.stretch = TimeStretcher(speed) if speed != 1.0 else None
+        self.samples = 0
+
+
+class Engine:
+    """One engine per device process (see the module docstring)."""
+
+    def __init__(self, runner: PipelineRunner, config: EngineConfig | None = None):
+        self.runner = runner
+        self.config = config or EngineConfig()
+        self.metrics = Metrics()
+        self._ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self._draining = False
+        self._lock = threading.Lock()
+        self._in_flight: set[Ticket] = set()
+        self._waiting = 0  # accepted, not yet in the AR stage
+        self._prep = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-prep")
+        self._stream = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-stream")
+        self._finish = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-finish")
+        self.scheduler = Scheduler(self._make_decoder, self._on_chunk, self._on_codes, self.metrics,
+                                   on_fail=lambda active, exc: self._settle(active.ticket, "error", exc))
+
+    # ----------------------------------------------------------------------------- life cycle
+    def start(self, background: bool = True) -> None:
+        """Load the models (in a thread when ``background``) and start the scheduler once loaded."""
+        if background:
+            threading.Thread(target=self._load, name="tortoise-load", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            self.runner.load()
+            self.scheduler.start()
+            self._ready.set()
+        except BaseException as exc:  # reported by /health and every request
+            self.load_error = exc
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.scheduler.error is None
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def _make_decoder(self):
+        from tortoise_xpu.pipeline.continuous import ContinuousDecoder
+
+        capacity = self.config.max_batch or self.runner.capacity()
+        return ContinuousDecoder(self.runner.ar_model(), capacity, cache_dtype=self.runner.cache_dtype(),
+                                 backend=self.runner.backend)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Stop accepting requests and wait for those in flight; True when all finished in time."""
+        self._draining = True
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop the threads (after :meth:`drain`)."""
+        self.scheduler.stop()
+        for pool in (self._prep, self._stream, self._finish):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    # ----------------------------------------------------------------------------- requests
+    def submit(self, job: SpeechJob, loop: asyncio.AbstractEventLoop | None = None) -> Ticket:
+        """Accept ``job`` (or raise QueueFull / Draining / NotReady); events come on the ticket."""
+        if self._draining:
+            raise Draining("the server is shutting down and takes no new requests")
+        if not self.ready:
+            if self.load_error is not None or self.scheduler.error is not None:
+                err = self.load_error or self.scheduler.error
+                raise NotReady(f"the engine failed: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+            raise NotReady("the models are still loading; retry shortly", retry_after=5.0)
+        if job.deadline_s is None:
+            job.deadline_s = self.config.deadline_s
+        with self._lock:
+            if self._waiting >= self.config.max_queue:
+                raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting); retry later",
+                                retry_after=self.config.retry_after_s)
+            self._waiting += 1
+            ticket = Ticket(job, loop)
+            self._in_flight.add(ticket)
+            self.metrics.set("in_flight", len(self._in_flight))
+        self._prep.submit(self._prepare, ticket)
+        return ticket
+
+    def _settle(self, ticket: Ticket, kind: str, payload: Any) -> None:
+        """Post the last event of a ticket and forget it."""
+        ticket.post(kind, payload)
+        with self._lock:
+            self._in_flight.discard(ticket)
+            self.metrics.set("in_flight", len(self._in_flight))
+        if ticket.first_audio is not None and kind == "done":
+            self.metrics.observe_ttfa(ticket.first_audio - ticket.submitted)
+
+    def _leave_queue(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def _prepare(self, ticket: Ticket) -> None:
+        job = ticket.job
+        try:
+            if ticket.cancelled.is_set() or ticket.expired():
+                raise EngineError("cancelled or expired before it started")
+            prep = self.runner.prepare(job.text, job.voice, job.settings, job.candidates, job.seed, job.quality,
+                                       job.force_tokens)
+        except (TortoiseError, EngineError) as exc:
+            self._leave_queue()
+            self._settle(ticket, "error", exc)
+            return
+        except Exception as exc:  # a bug: a 500 with its one-line reason
+            self._leave_queue()
+            self._settle(ticket, "error", EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+            return
+        active = Active(ticket=ticket, prep=prep, candidates=job.candidates)
+        active.stream_state = None if job.quality else _StreamState(job.overlap_wav_len, job.speed)
+        self._leave_queue()
+        self.scheduler.submit(active)
+
+    # ----------------------------------------------------------------------------- later stages
+    def _on_chunk(self, active: Active, hidden: torch.Tensor, final: bool) -> None:
+        self._stream.submit(self._vocode_chunk, active, hidden, final)
+
+    def _vocode_chunk(self, active: Active, hidden: torch.Tensor, final: bool) -> None:
+        ticket = active.ticket
+        if ticket.finished:
+            return
+        try:
+            st: _StreamState = active.stream_state
+            wav = self.runner.vocode_stream(hidden, active.prep.ar_latent)
+            chunk = st.fader.push(wav, final=final).cpu().numpy()
+            if st.stretch is not None:
+                chunk = np.concatenate([st.stretch.push(chunk), st.stretch.flush() if final else np.zeros(0, np.float32)])
+            if chunk.size:
+                st.samples += chunk.size
+                ticket.post("audio", chunk.astype(np.float32))
+            if final:
+                self._settle(ticket, "done", {"samples": st.samples, "sample_rate": SAMPLE_RATE,
+                                              "codes": int(hidden.shape[1])})
+        except Exception as exc:
+            self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
+                         EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+
+    def _on_codes(self, active: Active, codes: torch.Tensor) -> None:
+        self._finish.submit(self._finish_quality, active, codes)
+
+    def _finish_quality(self, active: Active, codes: torch.Tensor) -> None:
+        ticket = active.ticket
+        if ticket.finished:
+            return
+        try:
+            if ticket.cancelled.is_set() or ticket.expired():
+                from tortoise_xpu.serve.jobs import Cancelled, DeadlineExceeded
+
+                raise (Cancelled("the client closed the connection") if ticket.cancelled.is_set()
+                       else DeadlineExceeded("the request ran past its deadline"))
+            wav = self.runner.finish(active.prep, codes).numpy()
+            if ticket.job.speed != 1.0:
+                from tortoise_xpu.audio.stretch import time_stretch
+
+                wav = time_stretch(wav, ticket.job.speed)
+            ticket.post("audio", wav.astype(np.float32))
+            self._settle(ticket, "done", {"samples": int(wav.size), "sample_rate": SAMPLE_RATE})
+        except Exception as exc:
+            self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
+                         EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
