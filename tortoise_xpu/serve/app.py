@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from tortoise_xpu.audio.encode import CONTENT_TYPES, available_formats, encode, pcm16, wav_stream_header
-from tortoise_xpu.errors import AudioError, TortoiseError, UserError
+from tortoise_xpu.errors import AudioError, OutOfMemory, TortoiseError, UserError
 from tortoise_xpu.serve.engine import Engine
 from tortoise_xpu.serve.jobs import EngineError, SpeechJob
 from tortoise_xpu.serve.runner import SAMPLE_RATE, VoiceNotFound, check_voice_name
@@ -48,9 +48,9 @@ MODELS = {
 KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "typical_sampling", "typical_mass",
          "length_penalty", "max_mel_tokens", "cvvp_amount", "diffusion_iterations", "cond_free", "cond_free_k",
          "diffusion_temperature", "sampler", "num_autoregressive_samples")
-STREAM_KNOBS = ("stream_chunk_size", "overlap_wav_len")
+STREAM_KNOBS = ("stream_chunk_size", "overlap_wav_len", "first_buffer")
 OPENAI_FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions")
-EXTENSIONS = ("preset", "seed", "candidates", "deadline")
+EXTENSIONS = ("preset", "seed", "candidates", "deadline", "force_tokens")
 MAX_SEED = 2 ** 63
 
 
@@ -88,6 +88,9 @@ def _from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, EngineError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
         return ApiError(exc.status, str(exc), exc.type, None, exc.code, headers)
+    if isinstance(exc, OutOfMemory):
+        return ApiError(503, " ".join(str(exc).split()), "server_error", code="out_of_memory",
+                        headers={"Retry-After": "10"})
     if isinstance(exc, VoiceNotFound):
         return ApiError(404, str(exc), param="voice", code="voice_not_found")
     if isinstance(exc, UserError):
@@ -215,17 +218,21 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Starlette:
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
                                      or deadline <= 0):
             raise ApiError(400, "'deadline' must be a positive number of seconds", param="deadline")
+        force = body.get("force_tokens")
+        if force is not None and (isinstance(force, bool) or not isinstance(force, int) or not 1 <= force <= 600):
+            raise ApiError(400, "'force_tokens' must be an integer from 1 to 600", param="force_tokens")
         try:  # the pipeline's own checks of the knobs, before anything is queued
             from tortoise_xpu.pipeline.presets import resolve_settings
 
-            resolve_settings(settings)
+            resolve_settings(settings, force)
         except UserError as exc:
             raise ApiError(400, " ".join(str(exc).split()), code="invalid_value") from None
         job = SpeechJob(text=text, voice=voice, quality=spec["quality"], settings=settings, seed=seed,
                         candidates=candidates, speed=float(speed),
                         stream_chunk_size=int(body.get("stream_chunk_size", 40)),
                         overlap_wav_len=int(body.get("overlap_wav_len", 1024)),
-                        deadline_s=float(deadline) if deadline is not None else None)
+                        first_buffer=int(body.get("first_buffer", 60)),
+                        deadline_s=float(deadline) if deadline is not None else None, force_tokens=force)
         return job, fmt, stream_format
 
     async def speech(request: Request) -> Response:

@@ -74,12 +74,13 @@ class Engine:
         self._draining = False
         self._lock = threading.Lock()
         self._in_flight: set[Ticket] = set()
-        self._waiting = 0  # accepted, not yet in the AR stage
+        self._queued: set[Ticket] = set()  # accepted, no row in the AR batch yet: what --max-queue bounds
         self._prep = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-prep")
         self._stream = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-stream")
         self._finish = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-finish")
         self.scheduler = Scheduler(self._make_decoder, self._on_chunk, self._on_codes, self.metrics,
-                                   on_fail=lambda active, exc: self._settle(active.ticket, "error", exc))
+                                   on_fail=lambda active, exc: self._settle(active.ticket, "error", exc),
+                                   on_start=lambda active: self._leave_queue(active.ticket))
 
     # ----------------------------------------------------------------------------- life cycle
     def start(self, background: bool = True) -> None:
@@ -147,12 +148,13 @@ class Engine:
         if job.deadline_s is None:
             job.deadline_s = self.config.deadline_s
         with self._lock:
-            if self._waiting >= self.config.max_queue:
+            if len(self._queued) >= self.config.max_queue:
                 raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting); retry later",
                                 retry_after=self.config.retry_after_s)
-            self._waiting += 1
             ticket = Ticket(job, loop)
+            self._queued.add(ticket)
             self._in_flight.add(ticket)
+            self.metrics.set("queue_depth", len(self._queued))
             self.metrics.set("in_flight", len(self._in_flight))
         self._prep.submit(self._prepare, ticket)
         return ticket
@@ -161,14 +163,23 @@ class Engine:
         """Post the last event of a ticket and forget it."""
         ticket.post(kind, payload)
         with self._lock:
+            self._queued.discard(ticket)
             self._in_flight.discard(ticket)
+            self.metrics.set("queue_depth", len(self._queued))
             self.metrics.set("in_flight", len(self._in_flight))
         if ticket.first_audio is not None and kind == "done":
             self.metrics.observe_ttfa(ticket.first_audio - ticket.submitted)
 
-    def _leave_queue(self) -> None:
+    def _leave_queue(self, ticket: Ticket) -> None:
         with self._lock:
-            self._waiting -= 1
+            self._queued.discard(ticket)
+            self.metrics.set("queue_depth", len(self._queued))
+
+    @property
+    def queued(self) -> int:
+        """Requests accepted that have no row in the AR batch yet."""
+        with self._lock:
+            return len(self._queued)
 
     def _prepare(self, ticket: Ticket) -> None:
         job = ticket.job
@@ -178,16 +189,13 @@ class Engine:
             prep = self.runner.prepare(job.text, job.voice, job.settings, job.candidates, job.seed, job.quality,
                                        job.force_tokens)
         except (TortoiseError, EngineError) as exc:
-            self._leave_queue()
             self._settle(ticket, "error", exc)
             return
         except Exception as exc:  # a bug: a 500 with its one-line reason
-            self._leave_queue()
             self._settle(ticket, "error", EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
             return
         active = Active(ticket=ticket, prep=prep, candidates=job.candidates)
         active.stream_state = None if job.quality else _StreamState(job.overlap_wav_len, job.speed)
-        self._leave_queue()
         self.scheduler.submit(active)
 
     # ----------------------------------------------------------------------------- later stages

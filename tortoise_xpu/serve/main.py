@@ -28,10 +28,15 @@ def build(models_dir: str | Path | None, device: str = "auto", voices_dir: str |
 
 def serve(host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> int:
     """Run the server until SIGINT/SIGTERM (then drain in-flight requests and exit 0)."""
+    import signal
+    import sys
+
     import uvicorn
 
     _, app = build(**kwargs)
     # Uvicorn turns SIGTERM into a graceful shutdown: stop listening, wait for open responses, then the
-    # app's lifespan shutdown drains the engine.
+    # app's lifespan shutdown drains the engine.  Afterwards it re-raises the signal for the handler that
+    # was there before it: this one, so that a drained shutdown exits with status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)
     return 0

@@ -51,18 +51,21 @@ class Scheduler:
         on_codes: ``on_codes(active, codes (N, T))``: a quality request's candidates, all stopped.
         on_fail: ``on_fail(active, exc)``: a request ended early (cancelled, expired, engine failure);
             default: post ``exc`` on its ticket.
+        on_start: ``on_start(active)``: a request's first row joined the batch (it left the queue).
         metrics: where step counts and occupancy go.
     """
 
     def __init__(self, make_decoder: Callable[[], ContinuousDecoder],
                  on_chunk: Callable[[Active, torch.Tensor, bool], None],
                  on_codes: Callable[[Active, torch.Tensor], None], metrics: Metrics,
-                 on_fail: Callable[[Active, BaseException], None] | None = None):
+                 on_fail: Callable[[Active, BaseException], None] | None = None,
+                 on_start: Callable[[Active], None] | None = None):
         self.make_decoder = make_decoder
         self.on_chunk = on_chunk
         self.on_codes = on_codes
         self.metrics = metrics
         self.on_fail = on_fail or (lambda active, exc: active.ticket.post("error", exc))
+        self.on_start = on_start or (lambda active: None)
         self.inbox: queue.Queue[Active] = queue.Queue()
         self.pending: collections.deque[tuple[Active, int]] = collections.deque()  # (request, candidate)
         self.decoder: ContinuousDecoder | None = None
@@ -96,13 +99,16 @@ class Scheduler:
                 self._drop_dead()
                 self._join()
                 self.metrics.set("active_rows", len(self.decoder.rows))
-                self.metrics.set("queue_depth", self.waiting_requests())
                 if not self.decoder.rows:
                     continue
                 start = time.perf_counter()
                 live = sum(1 for r in self.decoder.rows if not r.finished)
                 before = self.decoder.backoffs
-                self.decoder.step()
+                try:
+                    self.decoder.step()
+                except Exception as exc:  # out of memory at one row, or a device failure: these requests end
+                    self._fail_batch(exc)
+                    continue
                 self.metrics.observe_step(len(self.decoder.rows), live, time.perf_counter() - start)
                 if self.decoder.backoffs != before:
                     self.metrics.add("oom_backoffs", self.decoder.backoffs - before)
@@ -136,7 +142,13 @@ class Scheduler:
             p = active.prep
             spec = RowSpec(cond=p.ar_latent, text=p.text_tokens, u=p.uniforms[cand], settings=p.sampling,
                            max_tokens=p.max_tokens, force=p.force, tag=(active, cand))
-            row = dec.join(spec)
+            try:
+                row = dec.join(spec)
+            except Exception as exc:  # this request's prompt cannot run (too long, out of memory): it alone fails
+                self.fail(active, _engine_error(exc))
+                continue
+            if not active.rows and not active.codes:
+                self.on_start(active)
             active.rows.append(row)
             active.waiting -= 1
             self._handle(active, row)
@@ -198,6 +210,12 @@ class Scheduler:
             self.metrics.add("cancelled")
         self.on_fail(active, exc)
 
+    def _fail_batch(self, exc: BaseException) -> None:
+        """A step failed for good: every request with a row in the batch ends with the reason."""
+        err = _engine_error(exc)
+        for active in {id(r.spec.tag[0]): r.spec.tag[0] for r in self.decoder.rows}.values():
+            self.fail(active, err)
+
     def _fail_all(self, exc: BaseException) -> None:
         from tortoise_xpu.serve.jobs import EngineError
 
@@ -212,3 +230,13 @@ class Scheduler:
                 if id(row.spec.tag[0]) not in seen:
                     seen.add(id(row.spec.tag[0]))
                     self.on_fail(row.spec.tag[0], err)
+
+
+def _engine_error(exc: BaseException) -> BaseException:
+    """Pipeline errors (one-line, user-facing) pass as they are; anything else becomes a one-line EngineError."""
+    from tortoise_xpu.errors import TortoiseError
+    from tortoise_xpu.serve.jobs import EngineError
+
+    if isinstance(exc, (TortoiseError, EngineError)):
+        return exc
+    return EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
