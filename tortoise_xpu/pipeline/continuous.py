@@ -222,15 +222,14 @@ class ContinuousDecoder:
             if force:
                 lg = lg.clone()
                 lg[:, self.stop_token] = float("-inf")
-            u = torch.tensor([float(rows[k].spec.u[rows[k].count]) for k in members], dtype=torch.float32,
-                             device=self.device)
+            u = torch.stack([rows[k].spec.u[rows[k].count] for k in members]).to(self.device, torch.float32)
             toks[sel] = draw(process_logits(lg, self.seen.index_select(0, idx[sel]), settings), u)
         self.tokens.index_copy_(0, idx, toks)
         self.seen[idx, toks] = True
+        counts = torch.tensor([r.count for r in rows], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            for k, r in enumerate(rows):
-                self.hidden[r.index, r.count].copy_(hidden[k].float())
-                self.codes[r.index, r.count] = toks[k]
+            self.hidden[idx, counts] = hidden.float()
+            self.codes[idx, counts] = toks
         host = toks.tolist()  # one sync per step: a server must know who stopped, and when to vocode
         for r, tok in zip(rows, host):
             r.codes.append(tok)

@@ -7,7 +7,8 @@ Threads (all daemon):
 
 * ``prep`` — text tokens, voice latents and uniforms of each request (:meth:`PipelineRunner.prepare`);
 * the AR scheduler (:mod:`tortoise_xpu.serve.scheduler`) — the continuous batch;
-* ``stream`` — HiFi-GAN, crossfade and time-stretch of streaming chunks, in order;
+* ``stream`` — HiFi-GAN, crossfade and time-stretch of streaming chunks, in order per request;
+  chunks of different requests waiting at once with the same code count are vocoded as one batch;
 * ``finish`` — ranking, diffusion and vocoder of quality requests.
 
 Torch releases the GIL inside its kernels, so these overlap on a multi-core CPU as on a GPU.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -76,7 +78,9 @@ class Engine:
         self._in_flight: set[Ticket] = set()
         self._queued: set[Ticket] = set()  # accepted, no row in the AR batch yet: what --max-queue bounds
         self._prep = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-prep")
-        self._stream = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-stream")
+        self._chunks: queue.Queue = queue.Queue()  # (active, hidden, final) for the stream thread; None stops it
+        self._stream = threading.Thread(target=self._stream_loop, name="tortoise-stream", daemon=True)
+        self._stream.start()
         self._finish = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-finish")
         self.scheduler = Scheduler(self._make_decoder, self._on_chunk, self._on_codes, self.metrics,
                                    on_fail=lambda active, exc: self._settle(active.ticket, "error", exc),
@@ -127,7 +131,8 @@ class Engine:
     def close(self) -> None:
         """Stop the threads (after :meth:`drain`)."""
         self.scheduler.stop()
-        for pool in (self._prep, self._stream, self._finish):
+        self._chunks.put(None)
+        for pool in (self._prep, self._finish):
             pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -200,27 +205,62 @@ class Engine:
 
     # ----------------------------------------------------------------------------- later stages
     def _on_chunk(self, active: Active, hidden: torch.Tensor, final: bool) -> None:
-        self._stream.submit(self._vocode_chunk, active, hidden, final)
+        self._chunks.put((active, hidden, final))
 
-    def _vocode_chunk(self, active: Active, hidden: torch.Tensor, final: bool) -> None:
-        ticket = active.ticket
-        if ticket.finished:
-            return
+    def _stream_loop(self) -> None:
+        """Vocode streaming chunks: everything waiting is taken at once and run in rounds (one chunk per
+        request per round, so each request's chunks stay in order), a round's chunks of equal length
+        as one HiFi-GAN batch."""
+        while True:
+            item = self._chunks.get()
+            if item is None:
+                return
+            tasks = [item]
+            while True:
+                try:
+                    more = self._chunks.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._chunks.put(None)  # stop after this batch
+                    break
+                tasks.append(more)
+            while tasks:
+                this_round, later, seen = [], [], set()
+                for task in tasks:
+                    (later if id(task[0]) in seen else this_round).append(task)
+                    seen.add(id(task[0]))
+                groups: dict[int, list] = {}
+                for task in this_round:
+                    if not task[0].ticket.finished:  # cancelled or expired: nothing to voice
+                        groups.setdefault(task[1].shape[1], []).append(task)
+                for group in groups.values():
+                    self._vocode_group(group)
+                tasks = later
+
+    def _vocode_group(self, group: list) -> None:
         try:
-            st: _StreamState = active.stream_state
-            wav = self.runner.vocode_stream(hidden, active.prep.ar_latent)
-            chunk = st.fader.push(wav, final=final).cpu().numpy()
-            if st.stretch is not None:
-                chunk = np.concatenate([st.stretch.push(chunk), st.stretch.flush() if final else np.zeros(0, np.float32)])
-            if chunk.size:
-                st.samples += chunk.size
-                ticket.post("audio", chunk.astype(np.float32))
-            if final:
-                self._settle(ticket, "done", {"samples": st.samples, "sample_rate": SAMPLE_RATE,
-                                              "codes": int(hidden.shape[1])})
+            wavs = self.runner.vocode_stream_batch([h for _, h, _ in group], [a.prep.ar_latent for a, _, _ in group])
         except Exception as exc:
-            self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
-                         EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+            for active, _, _ in group:
+                self._settle(active.ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
+                             EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+            return
+        for (active, hidden, final), wav in zip(group, wavs):
+            self._deliver(active, wav, final, int(hidden.shape[1]))
+
+    def _deliver(self, active: Active, wav: torch.Tensor, final: bool, codes: int) -> None:
+        """Crossfade (and time-stretch) one request's new decode and post the audio it adds."""
+        ticket = active.ticket
+        st: _StreamState = active.stream_state
+        chunk = st.fader.push(wav, final=final).cpu().numpy()
+        if st.stretch is not None:
+            chunk = np.concatenate([st.stretch.push(chunk), st.stretch.flush() if final else np.zeros(0, np.float32)])
+        if chunk.size:
+            st.samples += chunk.size
+            ticket.post("audio", chunk.astype(np.float32))
+        if final:
+            self._settle(ticket, "done", {"samples": st.samples, "sample_rate": SAMPLE_RATE, "codes": codes})
 
     def _on_codes(self, active: Active, codes: torch.Tensor) -> None:
         self._finish.submit(self._finish_quality, active, codes)

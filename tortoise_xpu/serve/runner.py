@@ -177,6 +177,19 @@ class PipelineRunner:
             dt = next(hifi.parameters()).dtype
             return hifi.inference(hidden.to(self.device, dt), g=ar_latent).float().reshape(-1)
 
+    def vocode_stream_batch(self, hiddens: Sequence[torch.Tensor], ar_latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`vocode_stream` for several requests at once; every ``hiddens[i]`` is (1, n, D) with
+        the same n (HiFi-GAN's convolutions see the whole sequence, so padding would change the audio)."""
+        if len(hiddens) == 1:
+            return [self.vocode_stream(hiddens[0], ar_latents[0])]
+        hifi = self.tts.model("hifidecoder")
+        with torch.no_grad():
+            dt = next(hifi.parameters()).dtype
+            x = torch.cat([h.to(self.device, dt) for h in hiddens])
+            g = torch.cat([a.reshape(1, -1).to(self.device) for a in ar_latents])
+            out = hifi.inference(x, g=g).float()
+        return [row.reshape(-1) for row in out]
+
     def finish(self, prep: Prepared, codes: torch.Tensor) -> torch.Tensor:
         """The quality path after AR sampling: CLVP picks the best candidate, then AR latents,
         diffusion and vocoder; returns 24 kHz audio (S,) float32 on the CPU.
