@@ -366,3 +366,29 @@ def test_sigterm_drains_in_flight_requests(tiny_models_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_oom_halves_the_batch_and_every_request_is_answered(tiny_models_dir, tmp_path, monkeypatch):
+    """AR steps over more than 2 rows run out of memory (simulated): the engine halves its step,
+    keeps going, and every request gets the audio it gets alone."""
+    from tortoise_xpu.models.autoregressive import UnifiedVoice
+
+    real = UnifiedVoice.decode_rows
+
+    def flaky(self, tokens, *args):
+        if tokens.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return real(self, tokens, *args)
+
+    bodies = [{"model": "tts-1", "input": f"Memory test {i}.", "voice": "random", "response_format": "pcm",
+               "seed": 300 + i, "force_tokens": 24, "stream_chunk_size": 8, "first_buffer": 8} for i in range(4)]
+    with live_server(tiny_models_dir, tmp_path, max_batch=4) as srv:
+        alone = [httpx.post(srv.url + "/v1/audio/speech", json=b, timeout=60).content for b in bodies]
+        monkeypatch.setattr(UnifiedVoice, "decode_rows", flaky)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda b: httpx.post(srv.url + "/v1/audio/speech", json=b, timeout=60), bodies))
+        assert [r.status_code for r in together] == [200] * 4
+        for a, r in zip(alone, together):
+            x, y = np.frombuffer(a, "<i2").astype(int), np.frombuffer(r.content, "<i2").astype(int)
+            assert x.shape == y.shape and np.abs(x - y).max() <= 2
+        assert _metric(srv, "tortoise_oom_backoffs_total") >= 1
