@@ -187,13 +187,12 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Starlette:
             raise ApiError(400, "'candidates' must be an integer from 1 to 512", param="candidates")
         preset = body.get("preset")
         if spec["quality"]:
-            from tortoise_xpu.pipeline.presets import PRESETS, preset_settings
-
             preset = preset or spec["preset"]
-            if preset not in PRESETS:
-                raise ApiError(400, f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}",
+            presets = engine.runner.presets()
+            if preset not in presets:
+                raise ApiError(400, f"unknown preset {preset!r}; choose one of: {', '.join(presets)}",
                                param="preset", code="invalid_value")
-            settings = preset_settings(preset, **settings)
+            settings = engine.runner.preset_settings(preset, settings)
             if candidates is not None:
                 settings["num_autoregressive_samples"] = candidates
             candidates = int(settings["num_autoregressive_samples"])
@@ -222,9 +221,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Starlette:
         if force is not None and (isinstance(force, bool) or not isinstance(force, int) or not 1 <= force <= 600):
             raise ApiError(400, "'force_tokens' must be an integer from 1 to 600", param="force_tokens")
         try:  # the pipeline's own checks of the knobs, before anything is queued
-            from tortoise_xpu.pipeline.presets import resolve_settings
-
-            resolve_settings(settings, force)
+            engine.runner.check_settings(settings, force)
         except UserError as exc:
             raise ApiError(400, " ".join(str(exc).split()), code="invalid_value") from None
         job = SpeechJob(text=text, voice=voice, quality=spec["quality"], settings=settings, seed=seed,

@@ -55,11 +55,10 @@ class EngineConfig:
 class _StreamState:
     """Per streaming request: the crossfade and time-stretch state of its chunks."""
 
-    def __init__(self, overlap: int, speed: float):
+    def __init__(self, fader: Any, speed: float):
         from tortoise_xpu.audio.stretch import TimeStretcher
-        from tortoise_xpu.pipeline.stream import Crossfader
 
-        self.fader = Crossfader(overlap)
+        self.fader = fader
         self.stretch = TimeStretcher(speed) if speed != 1.0 else None
         self.samples = 0
 
@@ -82,7 +81,7 @@ class Engine:
         self._stream = threading.Thread(target=self._stream_loop, name="tortoise-stream", daemon=True)
         self._stream.start()
         self._finish = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-finish")
-        self.scheduler = Scheduler(self._make_decoder, self._on_chunk, self._on_codes, self.metrics,
+        self.scheduler = Scheduler(self._make_decoder, runner.row_spec, self._on_chunk, self._on_codes, self.metrics,
                                    on_fail=lambda active, exc: self._settle(active.ticket, "error", exc),
                                    on_start=lambda active: self._leave_queue(active.ticket))
 
@@ -110,11 +109,7 @@ class Engine:
         return self._ready.wait(timeout)
 
     def _make_decoder(self):
-        from tortoise_xpu.pipeline.continuous import ContinuousDecoder
-
-        capacity = self.config.max_batch or self.runner.capacity()
-        return ContinuousDecoder(self.runner.ar_model(), capacity, cache_dtype=self.runner.cache_dtype(),
-                                 backend=self.runner.backend)
+        return self.runner.make_decoder(self.config.max_batch or self.runner.capacity())
 
     def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting requests and wait for those in flight; True when all finished in time."""
@@ -200,7 +195,7 @@ class Engine:
             self._settle(ticket, "error", EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
             return
         active = Active(ticket=ticket, prep=prep, candidates=job.candidates)
-        active.stream_state = None if job.quality else _StreamState(job.overlap_wav_len, job.speed)
+        active.stream_state = None if job.quality else _StreamState(self.runner.crossfader(job.overlap_wav_len), job.speed)
         self.scheduler.submit(active)
 
     # ----------------------------------------------------------------------------- later stages

@@ -9,8 +9,9 @@ the order ``TextToSpeech.tts`` makes them, so a request gives the audio ``tts``/
 would give for the same seed):
 
 * :meth:`prepare` — text tokens, settings, voice latents and the AR uniforms of one request;
-* :meth:`ar_model` / :meth:`cache_dtype` / :meth:`capacity` — what the continuous AR batch runs;
-* :meth:`vocode_stream` — HiFi-GAN audio from the AR hidden states so far (the fast path);
+* :meth:`make_decoder` / :meth:`capacity` — the continuous AR batch over the AR model;
+* :meth:`vocode_stream` / :meth:`vocode_stream_batch` / :meth:`crossfader` — HiFi-GAN audio from
+  the AR hidden states so far, and the crossfade that joins the chunks (the fast path);
 * :meth:`finish` — rank candidates (CLVP), AR latents, diffusion and vocoder (the quality path);
 * voices: :meth:`list_voices`, :meth:`create_voice`, :meth:`delete_voice`.
 """
@@ -170,6 +171,48 @@ class PipelineRunner:
                             f"(the AR model here is {width} wide)")
         return ar.reshape(1, -1), diff.reshape(1, -1)
 
+    def make_decoder(self, capacity: int):
+        """The continuous AR batch (``pipeline.continuous.ContinuousDecoder``) over this AR model."""
+        from tortoise_xpu.pipeline.continuous import ContinuousDecoder
+
+        return ContinuousDecoder(self.ar_model(), capacity, cache_dtype=self.cache_dtype(), backend=self.backend)
+
+    @staticmethod
+    def row_spec(prep: Prepared, candidate: int, tag: Any):
+        """The continuous batch's row for candidate ``candidate`` of a prepared request."""
+        from tortoise_xpu.pipeline.continuous import RowSpec
+
+        return RowSpec(cond=prep.ar_latent, text=prep.text_tokens, u=prep.uniforms[candidate],
+                       settings=prep.sampling, max_tokens=prep.max_tokens, force=prep.force, tag=tag)
+
+    @staticmethod
+    def presets() -> list[str]:
+        """The preset names a request may give."""
+        from tortoise_xpu.pipeline.presets import PRESETS
+
+        return list(PRESETS)
+
+    @staticmethod
+    def preset_settings(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """A preset's full settings with ``overrides`` (the original's knob names) on top."""
+        from tortoise_xpu.pipeline.presets import preset_settings
+
+        return preset_settings(preset, **overrides)
+
+    @staticmethod
+    def check_settings(settings: dict[str, Any], force_tokens: int | None = None) -> None:
+        """The pipeline's own checks of the knobs (UserError naming the bad one), before queueing."""
+        from tortoise_xpu.pipeline.presets import resolve_settings
+
+        resolve_settings(settings, force_tokens)
+
+    @staticmethod
+    def crossfader(overlap: int):
+        """The streaming path's chunk joiner (``tts_stream``'s crossfade of successive decodes)."""
+        from tortoise_xpu.pipeline.stream import Crossfader
+
+        return Crossfader(overlap)
+
     def vocode_stream(self, hidden: torch.Tensor, ar_latent: torch.Tensor) -> torch.Tensor:
         """HiFi-GAN audio (1-D float32, device) of AR hidden states (1, n, D), conditioned on the voice."""
         hifi = self.tts.model("hifidecoder")
@@ -250,7 +293,7 @@ class PipelineRunner:
         if not clips:
             raise UserError("no clips uploaded: send one or more audio files as 'files'")
         with self._voice_lock:
-            if name in self.voice_names():
+            if name in self.voice_names() or (self.voices_dir / name).exists():
                 raise UserError(f"voice {name!r} already exists; DELETE it first")
             staging = self.voices_dir / f".upload-{name}"
             shutil.rmtree(staging, ignore_errors=True)

@@ -15,13 +15,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from tortoise_xpu.pipeline.continuous import ContinuousDecoder, Row, RowSpec
 from tortoise_xpu.serve.jobs import Cancelled, DeadlineExceeded, Ticket
 from tortoise_xpu.serve.metrics import Metrics
+
+if TYPE_CHECKING:  # the decoder and its rows come from the runner (serve/runner.py)
+    from tortoise_xpu.pipeline.continuous import ContinuousDecoder, Row
 
 __all__ = ["Scheduler", "Active"]
 
@@ -34,7 +36,7 @@ class Active:
     prep: Any                      # runner.Prepared
     candidates: int
     codes: dict[int, list[int]] = field(default_factory=dict)   # finished candidates' codes
-    rows: list[Row] = field(default_factory=list)               # rows in the batch now
+    rows: list["Row"] = field(default_factory=list)               # rows in the batch now
     waiting: int = 0                                             # candidates not yet joined
     next_chunk: int = 0                                          # code count of the next stream chunk
     failed: bool = False
@@ -45,7 +47,8 @@ class Scheduler:
     """The continuous-batching AR loop (see the module docstring).
 
     Args:
-        make_decoder: builds the :class:`ContinuousDecoder` (called on the scheduler's thread).
+        make_decoder: builds the ``ContinuousDecoder`` (called on the scheduler's thread).
+        make_row: ``make_row(prep, candidate, tag)``: the decoder's row spec of one candidate.
         on_chunk: ``on_chunk(active, hidden (1, n, D), final)``: a streaming request's hidden
             states up to its latest chunk boundary; runs on the scheduler thread, must not block.
         on_codes: ``on_codes(active, codes (N, T))``: a quality request's candidates, all stopped.
@@ -55,12 +58,13 @@ class Scheduler:
         metrics: where step counts and occupancy go.
     """
 
-    def __init__(self, make_decoder: Callable[[], ContinuousDecoder],
+    def __init__(self, make_decoder: Callable[[], "ContinuousDecoder"], make_row: Callable[[Any, int, Any], Any],
                  on_chunk: Callable[[Active, torch.Tensor, bool], None],
                  on_codes: Callable[[Active, torch.Tensor], None], metrics: Metrics,
                  on_fail: Callable[[Active, BaseException], None] | None = None,
                  on_start: Callable[[Active], None] | None = None):
         self.make_decoder = make_decoder
+        self.make_row = make_row
         self.on_chunk = on_chunk
         self.on_codes = on_codes
         self.metrics = metrics
@@ -68,7 +72,7 @@ class Scheduler:
         self.on_start = on_start or (lambda active: None)
         self.inbox: queue.Queue[Active] = queue.Queue()
         self.pending: collections.deque[tuple[Active, int]] = collections.deque()  # (request, candidate)
-        self.decoder: ContinuousDecoder | None = None
+        self.decoder: "ContinuousDecoder | None" = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tortoise-ar-scheduler", daemon=True)
         self.error: BaseException | None = None
@@ -139,9 +143,7 @@ class Scheduler:
             active, cand = self.pending.popleft()
             if active.failed:
                 continue
-            p = active.prep
-            spec = RowSpec(cond=p.ar_latent, text=p.text_tokens, u=p.uniforms[cand], settings=p.sampling,
-                           max_tokens=p.max_tokens, force=p.force, tag=(active, cand))
+            spec = self.make_row(active.prep, cand, (active, cand))
             try:
                 row = dec.join(spec)
             except Exception as exc:  # this request's prompt cannot run (too long, out of memory): it alone fails
@@ -158,7 +160,7 @@ class Scheduler:
             active, _ = row.spec.tag
             self._handle(active, row)
 
-    def _handle(self, active: Active, row: Row) -> None:
+    def _handle(self, active: Active, row: "Row") -> None:
         """After a row's newest code: stream chunks that are due, collect finished candidates."""
         job = active.ticket.job
         if not job.quality:
