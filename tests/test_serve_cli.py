@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-
 import pytest
 
 from tortoise_xpu.cli import build_parser, main
@@ -30,14 +28,16 @@ def test_bad_values_are_one_line_exit_2(capsys, argv, needle):
 
 
 def test_without_the_serve_extra_says_how_to_install(capsys, monkeypatch):
-    real = builtins.__import__
+    import importlib
+
+    real = importlib.import_module
 
     def no_uvicorn(name, *args, **kwargs):
         if name == "uvicorn":
             raise ImportError("No module named 'uvicorn'", name="uvicorn")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    monkeypatch.setattr(importlib, "import_module", no_uvicorn)
     assert main(["serve"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'tortoise-xpu[serve]'" in err and "uvicorn" in err

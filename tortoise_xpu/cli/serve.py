@@ -35,22 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _multipart() -> None:
-    """python-multipart (voice uploads): ``python_multipart`` since 0.0.13, ``multipart`` before."""
+def _require_extra() -> None:
+    """Import what the serve extra installs; ImportError names the missing module.
+
+    python-multipart (voice uploads) is ``python_multipart`` since 0.0.13 and ``multipart`` before.
+    """
+    import importlib
+
+    for module in ("starlette", "uvicorn"):
+        importlib.import_module(module)
     try:
-        import python_multipart  # noqa: F401
+        importlib.import_module("python_multipart")
     except ImportError:
-        import multipart  # noqa: F401
+        importlib.import_module("multipart")
 
 
 def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.errors import UserError
 
     try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-
-        _multipart()
+        _require_extra()
     except ImportError as exc:
         raise UserError(f"the server needs the serve extra ({exc.name} is missing): {INSTALL_HINT}") from None
     for name in ("max_queue", "max_chars"):
