@@ -187,15 +187,22 @@ class SelfAttention(nn.Module):
         return self._merge(y), k, v
 
     def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot: int | torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+             slot: int | torch.Tensor, mask: torch.Tensor | None, rows: bool = False) -> torch.Tensor:
         """One new position: write its k/v into the cache at ``slot`` in place, attend to the cache.
 
         ``slot`` as an int: the cache is read up to ``slot`` inclusive (eager, dynamic length).
         ``slot`` as a (1,) device tensor: the whole preallocated cache is read and ``mask`` (True =
         attend) hides the unused tail, so shapes are static and the step can be graph-captured.
+        With ``rows``, ``slot`` is (B,): row b writes its k/v at its own ``slot[b]`` (sequences of
+        different prompt lengths and ages in one batch, as continuous batching has), and ``mask``
+        is (B, 1, 1, L), one row of visible slots per sequence.
         """
         q, k, v = self._qkv(x)
-        if isinstance(slot, int):
+        if rows:
+            index = torch.arange(x.shape[0], device=x.device)
+            k_cache[index, :, slot] = k[:, :, 0].to(k_cache.dtype)
+            v_cache[index, :, slot] = v[:, :, 0].to(v_cache.dtype)
+        elif isinstance(slot, int):
             k_cache[:, :, slot:slot + 1] = k
             v_cache[:, :, slot:slot + 1] = v
             k_cache, v_cache = k_cache[:, :, :slot + 1], v_cache[:, :, :slot + 1]
@@ -232,8 +239,8 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
-    def step(self, x, k_cache, v_cache, slot, mask) -> torch.Tensor:
-        x = x + self.attn.step(self.ln_1(x), k_cache, v_cache, slot, mask)
+    def step(self, x, k_cache, v_cache, slot, mask, rows: bool = False) -> torch.Tensor:
+        x = x + self.attn.step(self.ln_1(x), k_cache, v_cache, slot, mask, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -258,10 +265,10 @@ class GPT2(nn.Module):
         return self.ln_f(x)
 
     def step(self, x: torch.Tensor, cache: "KVCache", slot: int | torch.Tensor,
-             mask: torch.Tensor | None) -> torch.Tensor:
+             mask: torch.Tensor | None, rows: bool = False) -> torch.Tensor:
         """One position (B, 1, D) against the cache; see ``SelfAttention.step``."""
         for i, block in enumerate(self.h):
-            x = block.step(x, cache.k[i], cache.v[i], slot, mask)
+            x = block.step(x, cache.k[i], cache.v[i], slot, mask, rows)
         return self.ln_f(x)
 
 
@@ -518,3 +525,18 @@ class UnifiedVoice(nn.Module):
             pos_emb = self.mel_pos_embedding.at(position)
         x = (self.mel_embedding(tokens) + pos_emb).unsqueeze(1)
         return self._heads(self.gpt.step(x, cache, slot, mask))
+
+    def decode_rows(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                    cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """One code per sequence for a batch whose rows are at different places (continuous batching).
+
+        tokens (B,) long: each row's last code; positions (B,) long: the mel position of that code
+        (>= 1); slots (B,) long: the cache slot it goes to (the row's prompt length - 1 + position).
+        ``cache.k``/``cache.v`` (layers, B, heads, L, head_dim) may be views over a larger cache;
+        row b attends to its slots 0..slots[b] only (a per-row mask), so what a row computes does
+        not depend on the other rows' prompts or ages.  Returns logits (B, V) and the final-norm
+        hidden states (B, D), as :meth:`decode_step`.
+        """
+        mask = (cache.slots.view(1, -1) <= slots.view(-1, 1)).view(slots.shape[0], 1, 1, -1)
+        x = (self.mel_embedding(tokens) + self.mel_pos_embedding.emb(positions)).unsqueeze(1)
+        return self._heads(self.gpt.step(x, cache, slots, mask, rows=True))
