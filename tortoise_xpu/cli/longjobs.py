@@ -115,7 +115,9 @@ def summary(result, total: int, seed: Any, extra: Mapping[str, Any] | None = Non
         workers[name] = {"chunks": w["chunks"], "busy_s": w["busy_s"], "chunks_per_min": round(w["chunks"] / minutes, 2)}
     return {"chunks": total, "synthesised_count": len(result.synthesised), "skipped_count": len(result.skipped),
             "kept_other_settings": len(result.kept_stale), "seed": seed, "wall_s": result.wall_s,
-            "workers": workers, "notice": result.notice, **(extra or {})}
+            "workers": workers, "retries": result.executor.get("retries", 0),
+            "devices": {w["name"]: w["device"] for w in result.executor.get("workers", [])},
+            "notice": result.notice, **(extra or {})}
 
 
 def print_summary(args: argparse.Namespace, data: Mapping[str, Any], line: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     models = models_fingerprint(args.models_dir)
     progress = JobProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     subtype = "FLOAT" if args.float32 else "PCM_16"
-    with progress.running():
+    # stdout carries the --json summary only (Ray's driver prints its notices there).
+    with progress.running(), contextlib.redirect_stdout(sys.stderr):
         try:
             result = read_job(chunks, out, make_executor(args, target, models, progress),
                               lambda p, w: save_wav(p, w, 24000, subtype=subtype),

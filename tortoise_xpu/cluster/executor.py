@@ -187,6 +187,11 @@ class RayExecutor:
                 failures[i] = 0
                 yield result
 
+    def stats(self) -> dict[str, Any]:
+        """The workers that ran (name, device, host) and how many tasks were sent again."""
+        return {"workers": [{k: i[k] for k in ("name", "device", "host", "threads")} for i in self.infos],
+                "retries": self.retries}
+
     def close(self) -> None:
         """Stop the actors; stop Ray too when this run started it (``local``)."""
         ray = self._ray

@@ -183,6 +183,10 @@ class LocalExecutor:
     def close(self) -> None:
         """Nothing to release: the engine lives as long as its owner keeps it."""
 
+    def stats(self) -> dict[str, Any]:
+        """The one in-process worker."""
+        return {"workers": [{"name": self.name, "device": self.engine.device_name}], "retries": 0}
+
 
 def engine_spec_from_args(args: Any, threads: int | None = None) -> EngineSpec:
     """An :class:`EngineSpec` from the CLI's device / memory / models-dir flags."""

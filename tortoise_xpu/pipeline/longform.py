@@ -215,7 +215,8 @@ class Executor(Protocol):
     ``chunk_synthesis.VoiceMaterial`` and ``seed`` the job seed its latents are made with
     (computed once, not per chunk).  ``run(tasks)`` yields one :class:`TaskResult` per task, in
     any order, each task exactly once (a worker lost mid-task has the task run again elsewhere).
-    ``close()`` releases workers; it is called whatever happened.
+    ``close()`` releases workers; it is called whatever happened.  ``stats()`` says what the
+    machinery did (workers, retried tasks), for the run's summary.
     """
 
     def start(self, voices: Mapping[str, tuple[Any, int]]) -> None: ...
@@ -223,6 +224,8 @@ class Executor(Protocol):
     def run(self, tasks: Sequence[Task]) -> Iterator[TaskResult]: ...
 
     def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 # ------------------------------------------------------------------------------------- manifest + journal
@@ -432,6 +435,7 @@ class RunResult:
     wall_s: float = 0.0
     journal_bytes: int = 0
     notice: str | None = None
+    executor: dict[str, Any] = field(default_factory=dict)
 
 
 Event = Callable[[str, Mapping[str, Any]], None]
@@ -517,6 +521,7 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
         synthesised: list[str] = []
         workers: dict[str, dict[str, float]] = {}
         ex = None
+        stats: dict[str, Any] = {}
         failed = False
         try:
             if plan.tasks:
@@ -551,6 +556,7 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
             raise
         finally:
             if ex is not None:
+                stats = ex.stats()
                 ex.close()
             journal.close()
             # Compact: the journal's lines are in `entries` already; one atomic manifest write.
@@ -579,7 +585,7 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
             manifest["combined"] = COMBINED
         _write_manifest(folder, manifest)
     return RunResult(synthesised, plan.skipped, plan.kept_stale, written, folder / MANIFEST, workers,
-                     round(time.monotonic() - t0, 3), journal.bytes_written, notice)
+                     round(time.monotonic() - t0, 3), journal.bytes_written, notice, stats)
 
 
 # ------------------------------------------------------------------------------------- read
@@ -646,6 +652,10 @@ class CallableExecutor:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def stats(self) -> dict[str, Any]:
+        """Nothing to tell: one process, no retries."""
+        return {}
 
 
 def read_chunks(chunks: list[str], folder: str | os.PathLike, synthesize: Callable[[str, int], torch.Tensor],
