@@ -125,16 +125,18 @@ class ChunkEngine:
         with any saved latents; a random voice (``material`` None or random) comes from the
         random-latent generators seeded by ``seed``, so every chunk of a job has one voice.
         """
+        from tortoise_xpu.backends.audit import stage
         from tortoise_xpu.voices import average_latents
 
         gen = torch.Generator().manual_seed(int(seed))
-        if material is None or material.random:
-            ar, diff = self.tts.get_random_conditioning_latents(generator=gen)
-            return ar.detach().cpu(), diff.detach().cpu()
-        latents = list(material.latents)
-        if material.clips:
-            latents.append(self.tts.get_conditioning_latents(material.clips, generator=gen))
-        ar, diff = average_latents(latents)
+        with stage("conditioning"):  # the portability audit files these ops where tts() would
+            if material is None or material.random:
+                ar, diff = self.tts.get_random_conditioning_latents(generator=gen)
+                return ar.detach().cpu(), diff.detach().cpu()
+            latents = list(material.latents)
+            if material.clips:
+                latents.append(self.tts.get_conditioning_latents(material.clips, generator=gen))
+            ar, diff = average_latents(latents)
         return ar.detach().cpu(), diff.detach().cpu()
 
     def synthesize(self, text: str, latents: tuple[torch.Tensor, torch.Tensor], seed: int,

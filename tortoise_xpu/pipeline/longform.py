@@ -50,8 +50,11 @@ LOCK = ".tortoise-xpu.lock"
 COMBINED = "combined.wav"
 MANIFEST_VERSION = 2
 SAMPLE_RATE = 24000
-#: Models fingerprint recorded for chunks migrated from a version-1 manifest (which kept none).
+#: Models fingerprint of a caller that does not know it (tests, simple callers).
 UNKNOWN = "unknown"
+#: Models fingerprint recorded for chunks migrated from a version-1 manifest (which kept none):
+#: it matches no current fingerprint, so such chunks are kept (with the notice) or remade on --restart.
+MIGRATED = "manifest-v1"
 
 
 # ------------------------------------------------------------------------------------- seeds, keys
@@ -295,7 +298,7 @@ def _migrate_v1(old: dict[str, Any]) -> dict[str, Any]:
         if c.get("status") == "done":
             # Version 1 spoke every chunk with the job seed itself; it kept no model fingerprint.
             made = {"job_seed": old.get("seed"), "seed": old.get("seed"), "take": 0, "settings": key,
-                    "models": UNKNOWN, "text_sha256": text_sha256(text), "worker": None}
+                    "models": MIGRATED, "text_sha256": text_sha256(text), "worker": None}
         chunks.append({"job": None, "index": c["index"], "file": c.get("file") or chunk_filename(c["index"]),
                        "text": text, "status": c.get("status"), "sha256": c.get("sha256"),
                        "seconds": c.get("seconds"), "made": made})
@@ -415,7 +418,7 @@ def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any], o
             if old.get(k) != new.get(k):
                 parts.append(f"{k} {old.get(k)}→{new.get(k)}")
     if old_models != new_models:
-        parts.append("model files" if old_models != UNKNOWN else "made by an older tortoise-xpu")
+        parts.append("made by an older tortoise-xpu" if old_models == MIGRATED else "model files")
     return ", ".join(parts[:6]) + (", ..." if len(parts) > 6 else "") or "nothing"
 
 
