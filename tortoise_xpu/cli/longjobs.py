@@ -115,6 +115,7 @@ def summary(result, total: int, seed: Any, extra: Mapping[str, Any] | None = Non
         workers[name] = {"chunks": w["chunks"], "busy_s": w["busy_s"], "chunks_per_min": round(w["chunks"] / minutes, 2)}
     return {"chunks": total, "synthesised_count": len(result.synthesised), "skipped_count": len(result.skipped),
             "kept_other_settings": len(result.kept_stale), "seed": seed, "wall_s": result.wall_s,
+            "start_s": result.timing.get("start_s"), "work_s": result.timing.get("work_s"),
             "workers": workers, "retries": result.executor.get("retries", 0),
             "devices": {w["name"]: w["device"] for w in result.executor.get("workers", [])},
             "notice": result.notice, **(extra or {})}

@@ -427,7 +427,9 @@ def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any], o
 @dataclass
 class RunResult:
     """What a run did.  Unit keys: ``synthesised`` (made now), ``skipped`` (finished, current),
-    ``kept_stale`` (finished with other settings, kept); ``outputs`` the joined files written."""
+    ``kept_stale`` (finished with other settings, kept); ``outputs`` the joined files written.
+    ``timing``: ``start_s`` (workers up, voices prepared) and ``work_s`` (first task sent to last
+    chunk written), when there was work."""
 
     synthesised: list[str]
     skipped: list[str]
@@ -439,6 +441,7 @@ class RunResult:
     journal_bytes: int = 0
     notice: str | None = None
     executor: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 Event = Callable[[str, Mapping[str, Any]], None]
@@ -525,12 +528,16 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
         workers: dict[str, dict[str, float]] = {}
         ex = None
         stats: dict[str, Any] = {}
+        timing: dict[str, float] = {}
         failed = False
         try:
             if plan.tasks:
+                t_start = time.monotonic()
                 ex = executor()
                 wanted = {t.voice for t in plan.tasks.values()}
                 ex.start({k: v for k, v in voices.items() if k in wanted})
+                t_work = time.monotonic()
+                timing["start_s"] = round(t_work - t_start, 3)
                 for res in ex.run(list(plan.tasks.values())):
                     if res.key in synthesised or res.key not in plan.tasks:
                         continue  # a duplicate from a retried task: written once only
@@ -554,6 +561,7 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
                     if on_event:
                         on_event("done", {"key": res.key, "worker": res.worker, "compute_s": res.compute_s,
                                           "done": len(synthesised), "todo": len(plan.tasks)})
+                timing["work_s"] = round(time.monotonic() - t_work, 3)
         except BaseException:
             failed = True
             raise
@@ -588,7 +596,7 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
             manifest["combined"] = COMBINED
         _write_manifest(folder, manifest)
     return RunResult(synthesised, plan.skipped, plan.kept_stale, written, folder / MANIFEST, workers,
-                     round(time.monotonic() - t0, 3), journal.bytes_written, notice, stats)
+                     round(time.monotonic() - t0, 3), journal.bytes_written, notice, stats, timing)
 
 
 # ------------------------------------------------------------------------------------- read
