@@ -130,9 +130,33 @@ class RayExecutor:
                                 f"same files (same --models-dir path, or TORTOISE_XPU_MODELS on the nodes)")
         if self.on_workers:
             self.on_workers(self.infos)
-        for key, (material, seed) in voices.items():
-            # Made once, kept in the object store; tasks pass the reference, not the tensors.
-            self.latent_refs[key] = self.actors[0].voice_latents.remote(material, seed)
+        self._make_latents(voices)
+
+    def _make_latents(self, voices: Mapping[str, tuple[Any, int]]) -> None:
+        """Each voice's latents made once, spread over the workers, kept in the object store (tasks
+        pass the reference, not the tensors).  A worker lost meanwhile: the voice goes to another."""
+        ray = self._ray
+        pending = list(voices.items())
+        for attempt in range(self.max_attempts):
+            refs = {key: self.actors[(n + attempt) % len(self.actors)].voice_latents.remote(material, seed)
+                    for n, (key, (material, seed)) in enumerate(pending)}
+            failed = []
+            for key, ref in refs.items():
+                try:
+                    value = ray.get(ref)  # (1, D) and (1, 2D) floats: a few kB
+                except ray.exceptions.RayError as exc:
+                    failed.append((key, voices[key]))
+                    last = exc
+                    continue
+                if isinstance(value, dict) and "error" in value:
+                    kind, msg = value["error"]
+                    raise (UserError if kind == "user" else TortoiseError)(msg)
+                self.latent_refs[key] = ref
+            if not failed:
+                return
+            self.retries += len(failed)
+            pending = failed
+        raise TortoiseError(f"could not make the voice latents on the Ray workers: {_one_line(last)}")
 
     # -------------------------------------------------------------------------------- running
     def run(self, tasks: Sequence[Task]) -> Iterator[TaskResult]:

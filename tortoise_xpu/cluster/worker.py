@@ -29,9 +29,17 @@ class ChunkWorker:
                 "pid": os.getpid(), "models": self.engine.models_fingerprint(),
                 "threads": torch.get_num_threads()}
 
-    def voice_latents(self, material: VoiceMaterial | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A voice's latents (computed once per job on one worker; the result is shared by reference)."""
-        return self.engine.voice_latents(material, seed)
+    def voice_latents(self, material: VoiceMaterial | None, seed: int) -> tuple[torch.Tensor, torch.Tensor] | dict:
+        """A voice's latents (computed once per job on one worker; the result is shared by reference),
+        or ``{"error": (kind, message)}`` when the voice itself is unusable."""
+        from tortoise_xpu.errors import TortoiseError, UserError
+
+        try:
+            return self.engine.voice_latents(material, seed)
+        except UserError as exc:
+            return {"error": ("user", str(exc))}
+        except TortoiseError as exc:
+            return {"error": ("runtime", str(exc))}
 
     def run(self, task: Task, latents: tuple[torch.Tensor, torch.Tensor]) -> TaskResult:
         """Synthesise one chunk; bad input or a device failure comes back as the result's error."""
