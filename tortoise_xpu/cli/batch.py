@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.cli.common import decode_text, sanitize_text
     from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
-                                           summary)
+                                           summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
                                load_wav=lambda p: load_audio(p, 24000, check=False), outputs=outputs,
                                models=models, kind="batch", job_seed=default_seed, regenerate=redo,
                                restart=args.restart, on_event=progress.event,
-                               extra={"jobs": [{"id": j.id, "output": j.output, "line": j.line} for j in jobs]})
+                               extra={"jobs": [{"id": j.id, "output": j.output, "line": j.line} for j in jobs]},
+                               join=wav_joiner(subtype))
         except KeyboardInterrupt:
             return interrupted(out)
     data = summary(result, len(units), default_seed, {

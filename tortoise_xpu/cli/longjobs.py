@@ -131,6 +131,32 @@ def print_summary(args: argparse.Namespace, data: Mapping[str, Any], line: str) 
         print(line, file=sys.stderr)
 
 
+def wav_joiner(subtype: str) -> Callable[[Any, Any], None]:
+    """``join(target, parts)``: the chunk WAVs copied block by block into one WAV, atomically.
+
+    Samples are copied as they are stored (16-bit ints stay ints), so the joined file holds
+    exactly the chunks' samples, and memory stays at one block whatever the book's length.
+    """
+    def join(target, parts) -> None:
+        import soundfile as sf
+
+        from tortoise_xpu.errors import TortoiseError
+        from tortoise_xpu.fileio import atomic_path, write_failure_reason
+
+        dtype = "float32" if subtype == "FLOAT" else "int16"
+        with atomic_path(target) as tmp:
+            try:
+                with sf.SoundFile(tmp, "w", samplerate=24000, channels=1, subtype=subtype, format="WAV") as out:
+                    for part in parts:
+                        with sf.SoundFile(part) as f:
+                            for block in f.blocks(blocksize=1 << 16, dtype=dtype, always_2d=False):
+                                out.write(block)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise TortoiseError(f"cannot write {target}: {write_failure_reason(exc, tmp.parent)}") from None
+
+    return join
+
+
 def interrupted(out: Any) -> int:
     """Ctrl-C: finished chunks are on disk whole and recorded; say how to resume."""
     print(f"interrupted: finished chunks are kept in {out}; run the same command again to resume", file=sys.stderr)

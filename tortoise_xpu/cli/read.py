@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
-                                           summary)
+                                           summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               lambda p, w: save_wav(p, w, 24000, subtype=subtype),
                               lambda p: load_audio(p, 24000, check=False), run_settings, seed,
                               voices={"voice": (voice, seed)}, regenerate=regenerate, restart=args.restart,
-                              models=models, on_event=progress.event)
+                              models=models, on_event=progress.event, join=wav_joiner(subtype))
         except KeyboardInterrupt:
             return interrupted(out)
     data = summary(result.run, len(chunks), seed, {

@@ -453,7 +453,8 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
               outputs: Mapping[str, Sequence[str]], models: str = UNKNOWN, kind: str = "read",
               job_seed: int | None = None, regenerate: Iterable[str] = (), restart: bool = False,
               on_event: Event | None = None, warn: Callable[[str], None] | None = None,
-              extra: Mapping[str, Any] | None = None) -> RunResult:
+              extra: Mapping[str, Any] | None = None,
+              join: Callable[[Path, Sequence[Path]], None] | None = None) -> RunResult:
     """Make every unit not yet finished into ``folder``, then join the ``outputs``.
 
     Args:
@@ -468,6 +469,8 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
         restart: make finished chunks whose settings differ again instead of keeping them.
         on_event: ``on_event(kind, info)`` for progress: ``"plan"``, ``"done"``.
         warn: where the one-line notices go (default: standard error).
+        join: ``join(target, chunk_paths)`` writes a joined output atomically (default: load the
+            chunks with ``load_wav``, concatenate, ``save_wav``).
     """
     t0 = time.monotonic()
     folder = Path(folder)
@@ -588,8 +591,11 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
             if prev and prev.get("chunks") == shas and target.is_file() and file_sha256(target) == prev.get("sha256"):
                 manifest["outputs"][name] = prev
             else:
-                parts = [load_wav(folder / by_key[k].file).reshape(1, -1) for k in members]
-                save_wav(target, torch.cat(parts, dim=-1))
+                paths = [folder / by_key[k].file for k in members]
+                if join is not None:
+                    join(target, paths)  # streamed: a book's audio never sits in memory whole
+                else:
+                    save_wav(target, torch.cat([load_wav(p).reshape(1, -1) for p in paths], dim=-1))
                 manifest["outputs"][name] = {"chunks": shas, "sha256": file_sha256(target)}
             written[name] = target
         if kind == "read" and COMBINED in written:
@@ -625,7 +631,8 @@ def read_job(chunks: Sequence[str], folder: str | os.PathLike, executor: Callabl
              save_wav: Callable[[Path, torch.Tensor], None], load_wav: Callable[[Path], torch.Tensor],
              settings: Mapping[str, Any], seed: int, voices: Mapping[str, tuple[Any, int]] | None = None,
              regenerate: Iterable[int] = (), restart: bool = False, models: str = UNKNOWN,
-             on_event: Event | None = None, warn: Callable[[str], None] | None = None) -> ReadResult:
+             on_event: Event | None = None, warn: Callable[[str], None] | None = None,
+             join: Callable[[Path, Sequence[Path]], None] | None = None) -> ReadResult:
     """``read``: every chunk into ``folder`` (``chunk_NNNN.wav``), then ``combined.wav``.
 
     ``regenerate`` holds 1-based chunk numbers to make a new take of.
@@ -641,7 +648,7 @@ def read_job(chunks: Sequence[str], folder: str | os.PathLike, executor: Callabl
     res = run_units(folder, units, settings_table=table, voices=voices, executor=executor, save_wav=save_wav,
                     load_wav=load_wav, outputs={COMBINED: [u.key for u in units]}, models=models, kind="read",
                     job_seed=seed, regenerate={str(i) for i in redo}, restart=restart, on_event=on_event,
-                    warn=warn)
+                    warn=warn, join=join)
     return ReadResult([int(k) for k in res.synthesised], [int(k) for k in res.skipped],
                       Path(folder) / COMBINED, res.manifest, [int(k) for k in res.kept_stale], res)
 
