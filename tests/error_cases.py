@@ -221,7 +221,7 @@ _CASES = [
        "error: jobs.jsonl holds no jobs (one JSON object a line)", r"holds no jobs"),
     _c("cluster.no_ray", LONGFORM, "`--cluster` without Ray installed", "refused", 2,
        "error: --cluster needs Ray, which is not installed; install it with: pip install "
-       "'tortoise-xpu[cluster]'  (or: pip install ray)", r"needs Ray", r"pip install"),
+       "'tortoise-xpu[cluster]'  (or: pip install 'ray[client]')", r"needs Ray", r"pip install"),
     _c("cluster.bad_value", LONGFORM, "`--cluster` with anything but auto, ray://HOST:PORT, local, local:N",
        "refused", 2, "error: --cluster takes auto, ray://HOST:PORT or local[:N]; got 'tcp://x'",
        r"--cluster takes auto, ray://HOST:PORT or local\[:N\]"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tortoise_xpu.errors import UserError
 
-INSTALL_HINT = "pip install 'tortoise-xpu[cluster]'  (or: pip install ray)"
+INSTALL_HINT = "pip install 'tortoise-xpu[cluster]'  (or: pip install 'ray[client]')"
 
 
 def import_ray():
