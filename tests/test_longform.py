@@ -254,3 +254,25 @@ def test_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
             with longform.FolderLock(tmp_path):
                 pass
     assert not (tmp_path / ".tortoise-xpu.lock").exists()
+
+
+def test_chunks_record_the_workers_model_files(tmp_path):
+    """A first run that downloads the models on first use: the chunks record the files that made them
+    (the worker's fingerprint), so the next run, which finds the files, keeps them as current."""
+    save, load = _io()
+
+    class Worker(longform.CallableExecutor):
+        def run(self, tasks):
+            for r in super().run(tasks):
+                r.models = "fp-after-download"
+                yield r
+
+    units, table = longform.read_units(CHUNKS, 1, {"p": 1})
+    calls, notes = [], []
+    kw = dict(settings_table=table, voices={"voice": (None, 1)}, executor=lambda: Worker(_seeded(calls)),
+              save_wav=save, load_wav=load, outputs={"combined.wav": [u.key for u in units]}, job_seed=1,
+              warn=notes.append)
+    longform.run_units(tmp_path, units, models="fp-before-download", **kw)
+    assert len(calls) == 3
+    r = longform.run_units(tmp_path, units, models="fp-after-download", **kw)
+    assert len(calls) == 3 and r.skipped == ["0", "1", "2"] and notes == []

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from tortoise_xpu.backends.cluster_resources import WorkerSlot, plan_slots
@@ -57,6 +58,9 @@ class RayExecutor:
         self.max_attempts = max_attempts
         self.max_restarts = max_restarts
         self.on_workers = on_workers
+        from tortoise_xpu.pipeline.chunk_synthesis import models_fingerprint
+
+        self.driver_missing = models_fingerprint(Path("/nonexistent-models-folder"))  # all files missing
         self.actors: list[Any] = []
         self.infos: list[dict[str, Any]] = []
         self.latent_refs: dict[str, Any] = {}
@@ -123,11 +127,15 @@ class RayExecutor:
                                 "on the cluster?)") from None
         except ray.exceptions.RayError as exc:
             raise TortoiseError(f"a Ray worker failed to start: {_one_line(exc)}") from None
+        # One run never mixes two sets of weights: every worker must see the same files, and the
+        # driver's too when it has them (a driver without model files leaves the check to the workers).
+        expected = self.models if self.models != self.driver_missing else self.infos[0]["models"]
         for info in self.infos:
-            if info["models"] != self.models:
-                raise UserError(f"worker {info['name']} on {info['host']} has other model files than this "
-                                f"machine (fingerprint {info['models']} vs {self.models}); give every node the "
-                                f"same files (same --models-dir path, or TORTOISE_XPU_MODELS on the nodes)")
+            if info["models"] != expected:
+                raise UserError(f"worker {info['name']} on {info['host']} has other model files than "
+                                f"{'this machine' if expected == self.models else 'worker ' + self.infos[0]['name']} "
+                                f"(fingerprint {info['models']} vs {expected}); give every node the same files "
+                                f"(same --models-dir path, or TORTOISE_XPU_MODELS on the nodes)")
         if self.on_workers:
             self.on_workers(self.infos)
         self._make_latents(voices)

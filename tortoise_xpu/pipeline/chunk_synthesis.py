@@ -105,6 +105,7 @@ class ChunkEngine:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
+        self._fingerprint: str | None = None
         self.tts = TextToSpeech(models_dir=spec.models_dir, device=spec.device, dtype=spec.dtype,
                                 batch_size=spec.batch_size, low_vram=spec.low_vram, high_vram=spec.high_vram,
                                 enable_redaction=spec.enable_redaction)
@@ -115,7 +116,10 @@ class ChunkEngine:
         return str(self.tts.device)
 
     def models_fingerprint(self) -> str:
-        """:func:`models_fingerprint` of this worker's models folder."""
+        """:func:`models_fingerprint` of this worker's models folder (kept once a chunk was made:
+        by then every file it uses is there, downloaded on first use or not)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         return models_fingerprint(self.tts.models_dir)
 
     def voice_latents(self, material: VoiceMaterial | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +159,9 @@ class ChunkEngine:
             return TaskResult(task.key, None, worker, time.monotonic() - t0, ("user", str(exc)))
         except TortoiseError as exc:
             return TaskResult(task.key, None, worker, time.monotonic() - t0, ("runtime", str(exc)))
-        return TaskResult(task.key, wav, worker, time.monotonic() - t0)
+        if self._fingerprint is None:
+            self._fingerprint = models_fingerprint(self.tts.models_dir)
+        return TaskResult(task.key, wav, worker, time.monotonic() - t0, models=self._fingerprint)
 
 
 class LocalExecutor:

@@ -201,6 +201,7 @@ class TaskResult:
 
     ``error`` is ``(kind, message)`` with kind ``"user"`` (bad input, exit 2) or ``"runtime"``
     (exit 1); a failure of the machinery (a dead worker) is never a result: the executor retries.
+    ``models`` is recorded as what made the chunk (files downloaded on first use count).
     """
 
     key: str
@@ -208,6 +209,7 @@ class TaskResult:
     worker: str = "local"
     compute_s: float = 0.0
     error: tuple[str, str] | None = None
+    models: str | None = None  # the worker's model files fingerprint, taken after its models loaded
 
 
 class Executor(Protocol):
@@ -553,7 +555,8 @@ def run_units(folder: str | os.PathLike, units: Sequence[Unit], *, settings_tabl
                     sha = file_sha256(path)
                     seconds = round(res.wav.shape[-1] / SAMPLE_RATE, 3)
                     made = {"job_seed": unit.job_seed, "seed": task.seed, "take": task.take,
-                            "settings": unit.settings, "models": models, "text_sha256": text_sha256(unit.text),
+                            "settings": unit.settings, "models": res.models or models,
+                            "text_sha256": text_sha256(unit.text),
                             "worker": res.worker}
                     journal.append({"key": res.key, "sha256": sha, "seconds": seconds, "made": made})
                     entries[res.key].update(status="done", sha256=sha, seconds=seconds, made=made)
