@@ -48,6 +48,7 @@ def _c(id, area, given, outcome, exit, shows, *expect):
 
 
 TEXT, AUDIO, ASSETS, RUNTIME = "Text", "Audio (voice clips)", "Assets and files", "Runtime"
+LONGFORM = "Long-form jobs (read, batch, --cluster)"
 
 _CASES = [
     # ---------------------------------------------------------------------------------- text
@@ -216,6 +217,32 @@ _CASES = [
        "tokenizer", "refused", 1,
        "tokenizer.json: failed: tokenizer.json is not valid JSON: (...)",
        r"tokenizer\.json (is not valid JSON|has no 'model' section|does not load as a tokenizer)"),
+    # ------------------------------------------------------------- long-form jobs (read, batch, --cluster)
+    _c("longform.settings_changed", LONGFORM, "`read`/`batch` run again on a folder with other settings, seed, "
+       "voice or model files than its finished chunks were made with", "warned", 0,
+       "warning: 4 finished chunk(s) were made with other settings (temperature 0.8→0.7); they are kept and the "
+       "new settings apply to the 0 chunk(s) still to make; add --restart to make them again with the new "
+       "settings", r"finished chunk\(s\) were made with other settings", r"kept", r"--restart"),
+    _c("longform.manifest_unknown", LONGFORM, "an output folder whose manifest.json is unreadable, not ours, or "
+       "of an unknown version (version 1 is migrated: its chunks are kept)", "refused", 2,
+       "error: DIR/manifest.json has manifest version 99, which this tortoise-xpu does not know (it writes "
+       "version 2); move it away to start the folder afresh", r"manifest", r"move it away"),
+    _c("batch.bad_line", LONGFORM, "a `batch` jobs line that is not a JSON object, lacks id/text, has an unknown "
+       "field, preset, bad seed or output name, or repeats an id or output", "refused", 2,
+       "error: jobs.jsonl:3: \"seed\" must be an integer from 0 to 2**63-1, got -1 · error: jobs.jsonl:2: id "
+       "'a' is already used on line 1", r"^error: \S+:\d+: "),
+    _c("batch.empty", LONGFORM, "a `batch` jobs file with no jobs (empty, blank lines only)", "refused", 2,
+       "error: jobs.jsonl holds no jobs (one JSON object a line)", r"holds no jobs"),
+    _c("cluster.no_ray", LONGFORM, "`--cluster` without Ray installed", "refused", 2,
+       "error: --cluster needs Ray, which is not installed; install it with: pip install "
+       "'tortoise-xpu[cluster]'  (or: pip install 'ray[client]')", r"needs Ray", r"pip install"),
+    _c("cluster.bad_value", LONGFORM, "`--cluster` with anything but auto, ray://HOST:PORT, local, local:N",
+       "refused", 2, "error: --cluster takes auto, ray://HOST:PORT or local[:N]; got 'tcp://x'",
+       r"--cluster takes auto, ray://HOST:PORT or local\[:N\]"),
+    _c("cluster.unreachable", LONGFORM, "`--cluster auto` with no running cluster, or a `ray://` address that "
+       "does not answer", "refused", 2,
+       "error: cannot reach the running Ray cluster: <Ray's reason>; start one with `ray start --head` (or set "
+       "RAY_ADDRESS), or run on this machine with --cluster local", r"cannot reach", r"--cluster local"),
 ]
 
 CASES: dict[str, Case] = {c.id: c for c in _CASES}

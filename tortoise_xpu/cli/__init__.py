@@ -19,7 +19,8 @@ from tortoise_xpu import __version__
 from tortoise_xpu.errors import TortoiseError
 
 # Order is the order shown in --help.
-COMMANDS = ("speak", "read", "text", "voices", "latents", "serve", "detect", "devices", "doctor", "models", "bench")
+COMMANDS = ("speak", "read", "batch", "text", "voices", "latents", "serve", "detect", "devices", "doctor", "models",
+            "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,43 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 
 from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
                                      read_text_input, tuning_overrides)
+from tortoise_xpu.cli.longjobs import add_job_args, parse_text_split
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("read", help="read a long text into a folder of WAVs (resumable)",
+    p = sub.add_parser("read", help="read a long text into a folder of WAVs (resumable, optionally on a cluster)",
                        description="Split FILE into sentence chunks (or at '|' marks), speak each into OUTPUT/"
                                    "chunk_NNNN.wav, and join them into OUTPUT/combined.wav. A manifest records "
-                                   "every chunk; re-running resumes and never redoes finished chunks.")
+                                   "what made every chunk; re-running resumes and never redoes finished chunks. "
+                                   "Finished chunks made with other settings are kept (one line says so) unless "
+                                   "--restart is given. --cluster spreads the chunks over a Ray cluster.")
     p.add_argument("file", help="the text file ('-' for standard input)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--regenerate", default="", help="chunk numbers to redo, e.g. 3,7")
-    p.add_argument("--text-split", default="200,300", help="desired,max characters per chunk (default 200,300)")
-    p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs instead of 16-bit PCM")
-    p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--regenerate", default="", help="chunk numbers to make a new take of, e.g. 3,7")
+    add_job_args(p)
     add_voice_args(p)
     add_generation_args(p)
     add_device_args(p)
     add_models_dir_arg(p)
     p.set_defaults(func=run, preset="standard")
-
-
-def _parse_pair(value: str) -> tuple[int, int]:
-    from tortoise_xpu.errors import UserError
-
-    try:
-        desired, maximum = (int(x) for x in value.split(","))
-    except ValueError:
-        raise UserError(f"--text-split takes two numbers 'desired,max', got {value!r}") from None
-    if not 0 < desired <= maximum:
-        raise UserError(f"--text-split needs 0 < desired <= max, got {value!r}")
-    return desired, maximum
 
 
 def _parse_regenerate(value: str) -> list[int]:
@@ -56,14 +43,18 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.audio.rates import SAMPLE_RATE
-    from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
+    from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
+                                           summary, wav_joiner)
+    from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.pipeline.longform import read_chunks
+    from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
+    from tortoise_xpu.pipeline.longform import load_state, read_job
     from tortoise_xpu.pipeline.presets import preset_settings
     from tortoise_xpu.text.split import split_for_reading
 
+    target = check_cluster(args)
     text = read_text_input(None, args.file)
-    desired, maximum = _parse_pair(args.text_split)
+    desired, maximum = parse_text_split(args.text_split)
     chunks = split_for_reading(text, desired, maximum)
     if not chunks:
         raise UserError(f"{args.file} has nothing speakable in it")
@@ -74,44 +65,29 @@ def run(args: argparse.Namespace) -> int:
     settings = preset_settings(args.preset, **tuning_overrides(args))
     seed = args.seed
     if seed is None and out.is_dir():
-        from tortoise_xpu.pipeline.longform import load_manifest
-
-        # Re-running the same command resumes: keep the seed the folder was started with.
-        seed = (load_manifest(out) or {}).get("seed")
+        # Re-running the same command resumes: keep the seed the folder was last run with.
+        seed = (load_state(out) or {}).get("seed")
     seed = resolve_seed(seed)
-    progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
-    tts = build_tts(args, progress)
-    subtype = "FLOAT" if args.float32 else "PCM_16"
     run_settings = {**settings, "voice": args.voice, "force_tokens": args.force_tokens}
-
-    with progress.running():
-        voice = None
-        chunk_task = progress.add("chunks", len(chunks))
-
-        def synthesize(chunk_text: str, chunk_seed: int):
-            nonlocal voice
-            if voice is None:  # only when some chunk needs work: loads the voice once per run
-                voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
-            return tts.tts(chunk_text, seed=chunk_seed, force_tokens=args.force_tokens, **voice, **settings)
-
-        def on_chunk(i: int, n: int, status: str) -> None:
-            if status != "start":
-                progress.advance(chunk_task, i + 1)
-
+    voice = load_voice(args.voice, args.voices_dir)
+    models = models_fingerprint(args.models_dir)
+    progress = JobProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    subtype = "FLOAT" if args.float32 else "PCM_16"
+    # stdout carries the --json summary only (Ray's driver prints its notices there).
+    with progress.running(), contextlib.redirect_stdout(sys.stderr):
         try:
-            result = read_chunks(chunks, out, synthesize, lambda p, w: save_wav(p, w, SAMPLE_RATE, subtype=subtype),
-                                 lambda p: load_audio(p, SAMPLE_RATE, check=False), run_settings, seed, regenerate,
-                                 on_chunk)
+            result = read_job(chunks, out, make_executor(args, target, models, progress),
+                              lambda p, w: save_wav(p, w, SAMPLE_RATE, subtype=subtype),
+                              lambda p: load_audio(p, SAMPLE_RATE, check=False), run_settings, seed,
+                              voices={"voice": (voice, seed)}, regenerate=regenerate, restart=args.restart,
+                              models=models, on_event=progress.event, join=wav_joiner(subtype))
         except KeyboardInterrupt:
-            # Finished chunks and the manifest are on disk whole; nothing partial is left.
-            print(f"interrupted: finished chunks are kept in {out}; run the same command again to resume",
-                  file=sys.stderr)
-            return 130
-    summary = {"folder": str(out), "chunks": len(chunks), "synthesised": [i + 1 for i in result.synthesised],
-               "skipped": [i + 1 for i in result.skipped], "combined": str(result.combined), "seed": seed}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    elif not args.quiet:
-        print(f"{out}: {len(result.synthesised)} chunk(s) synthesised, {len(result.skipped)} already done; "
-              f"combined: {result.combined}", file=sys.stderr)
+            return interrupted(out)
+    data = summary(result.run, len(chunks), seed, {
+        "folder": str(out), "synthesised": [i + 1 for i in result.synthesised],
+        "skipped": [i + 1 for i in result.skipped], "kept": [i + 1 for i in result.kept_stale],
+        "combined": str(result.combined), "cluster": args.cluster})
+    kept = f", {len(result.kept_stale)} kept from other settings" if result.kept_stale else ""
+    print_summary(args, data, f"{out}: {len(result.synthesised)} chunk(s) synthesised, {len(result.skipped)} "
+                              f"already done{kept}; combined: {result.combined}")
     return 0

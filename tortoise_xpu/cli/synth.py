@@ -55,6 +55,11 @@ class StageProgress:
         if self._progress is not None and task is not None:
             self._progress.update(task, completed=completed)
 
+    def describe(self, task, description: str) -> None:
+        """Change a row's label (a cluster worker's running count and rate)."""
+        if self._progress is not None and task is not None:
+            self._progress.update(task, description=description)
+
 
 def build_tts(args: argparse.Namespace, progress: StageProgress | None = None, **policy: Any):
     """A ``TextToSpeech`` for the device / dtype / memory / models-dir / checkpoint flags; ``policy``:
