@@ -5,15 +5,16 @@ candidate (no CLVP ranking, no diffusion) sampled by ``DecodeEngine.iter_decode`
 where the Policy has them; the codes are read back once per chunk or every ``STOP_CHECK_EVERY``
 codes, never per step, and steps run past the stop code are dropped), and a HiFi-GAN decoder that turns the AR
 model's final-norm hidden states straight into 24 kHz audio, conditioned on the 1024-d
-AR voice latent.  The decoder sees the *whole* latent sequence so far each time (its
-output near the end changes as more context arrives), so only the new part is emitted,
-crossfaded into what was already sent over ``overlap_wav_len`` samples.
+AR voice latent.  The decoder runs on a bounded window per chunk
+(:class:`~tortoise_xpu.pipeline.stream_vocoder.StreamVocoder`: the new frames plus its
+receptive field on each side) and emits only audio that later codes cannot change, so the
+chunks joined are exactly the full decode of the final latent sequence, with no crossfade
+(``overlap_wav_len`` is accepted for the original's signature and unused).
 
 Timing of the chunks, as the original: the first after ``max(stream_chunk_size, 60)``
 codes, then every ``stream_chunk_size`` codes, and the rest when the stop token comes.
-Unlike the original, the final chunk includes the last ``overlap_wav_len`` samples (the
-original holds them back for a crossfade that never comes), so the chunks add up to the
-full decode of the final latent sequence.
+Each chunk holds back its last ~0.17 s (the decoder's receptive field plus the interpolation's
+edge) until the next chunk or the end; unlike the original, nothing is dropped at the end.
 
 Random draws follow :meth:`TextToSpeech.tts` with one AR sample: same seed, same voice
 and settings → the same codes as ``tts(num_autoregressive_samples=1)``.
@@ -31,6 +32,7 @@ from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
 from tortoise_xpu.pipeline.presets import resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
+from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
 __all__ = ["tts_stream", "Crossfader", "StreamStats", "FIRST_BUFFER"]
 
@@ -121,7 +123,7 @@ def tts_stream(tts, text: str, voice_samples: Sequence[torch.Tensor] | None = No
             neither means a random voice.
         seed: one seed, one result (drawn from the clock when None).
         stream_chunk_size: codes per chunk after the first (``<= 0``: one chunk at the end).
-        overlap_wav_len: crossfade length in samples between chunks.
+        overlap_wav_len: the original's crossfade length; unused (the windowed decoder needs no crossfade).
         first_buffer: the first chunk waits for ``max(stream_chunk_size, first_buffer)`` codes.
         force_tokens: sample exactly this many codes, ignoring the stop token (benchmarks).
         stats: a :class:`StreamStats` to fill in (time to first audio, codes).
@@ -161,7 +163,6 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
     with tts._timed("conditioning"):
         ar_latent = _ar_voice_latent(tts, voice_samples, conditioning_latents, gen).to(dev)
     u = uniforms(gen, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
-    fader = Crossfader(overlap)
     due = max(chunk_size, first_buffer) if chunk_size > 0 else None
     engine = tts._stream_decoder()
     per_stage = not tts.policy(1).resident
@@ -171,6 +172,7 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
         steps = engine.iter_decode(ar, ar_latent, text_tokens.to(dev), u, sampling, max_tokens, force,
                                    cache_dtype=next(ar.parameters()).dtype, keep_hidden=True)
         decoded = 0  # codes the last vocoder pass covered
+        vocoder = StreamVocoder(hifi, ar_latent)
         done = False
         try:
             while not done:
@@ -193,9 +195,10 @@ def _stream(tts, text_tokens: torch.Tensor, voice_samples, conditioning_latents,
                         if done or n >= target:
                             break
                 with tts._timed("hifigan"), torch.no_grad():
-                    seq = st.hidden[:, :n].to(next(hifi.parameters()).dtype)  # (1, n, D): the state behind each code
-                    wav = hifi.inference(seq, g=ar_latent).float().reshape(-1)
-                    chunk = fader.push(wav, final=done).cpu()
+                    # (1, k, D): the state behind each new code; copied, the engine owns its buffer
+                    chunk = vocoder.push(st.hidden[:, decoded:n].clone())
+                    if done:
+                        chunk = torch.cat([chunk, vocoder.finish()])
                 decoded = n
                 due = chunk_size if chunk_size > 0 else None
                 if chunk.numel():
