@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from tortoise_xpu.backends import BACKENDS, Capabilities, MemoryInfo, resolve
+from tortoise_xpu.backends.base import CPUFeatures
 from tortoise_xpu.backends import cpu as cpu_backend
 from tortoise_xpu.backends.policy import GiB, Overrides, Policy, make_policy, policy_for
 
@@ -44,6 +45,11 @@ class SimDevice:
     integrated: bool = False
     cuda_major: int = 8  # compute capability (cuda only)
     macos: int = 14  # macOS major version (mps only)
+    cpu: CPUFeatures | None = None  # the host CPU's features (cpu only; None: an AVX2-only CPU)
+
+
+#: An AVX2-only CPU (AMD Zen 1, the earlier machines here): no bfloat16 or int8 dot-product instructions.
+AVX2_CPU = CPUFeatures(flags=frozenset({"avx2"}), int8_kernel=True, source="simulated AVX2-only CPU")
 
 
 SIM_DEVICES: tuple[SimDevice, ...] = (
@@ -65,7 +71,7 @@ SIM_DEVICES: tuple[SimDevice, ...] = (
               16 * GiB, None, fp64=False),
     SimDevice("directml", "DirectML GPU (no memory figures)", "directml", "AMD Radeon RX 6600",
               None, None, bf16=False, fp64=False),
-    SimDevice("cpu", "CPU only (16 GiB RAM, 12 GiB available)", "cpu", "x86_64",
+    SimDevice("cpu", "CPU only, AVX2 (16 GiB RAM, 12 GiB available)", "cpu", "x86_64",
               16 * GiB, 12 * GiB),
 )
 SIM_BY_KEY = {d.key: d for d in SIM_DEVICES}
@@ -140,6 +146,7 @@ def simulate(mp: Any, dev: SimDevice, count: int = 1, hide_others: bool = True) 
         mp.setitem(sys.modules, "torch_directml", _fake_directml(count, [dev.name] * count))
     elif dev.backend == "cpu":
         mp.setattr(cpu_backend, "system_memory", lambda: MemoryInfo(dev.total, dev.free))
+        mp.setattr(cpu_backend, "cpu_features", lambda: dev.cpu or AVX2_CPU)
 
 
 def sim_policy(dev: SimDevice, candidates: int = 16, **overrides: Any) -> Policy:

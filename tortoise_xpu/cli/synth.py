@@ -58,11 +58,13 @@ class StageProgress:
 
 def build_tts(args: argparse.Namespace, progress: StageProgress | None = None):
     """A ``TextToSpeech`` for the device / dtype / memory / models-dir flags."""
+    from tortoise_xpu.backends.policy import parse_ar_int8
     from tortoise_xpu.pipeline import TextToSpeech
 
     return TextToSpeech(models_dir=args.models_dir, device=args.device, dtype=args.dtype,
                         batch_size=args.batch_size, low_vram=args.low_vram, high_vram=args.high_vram,
-                        enable_redaction=not getattr(args, "disable_redaction", False), progress=progress)
+                        enable_redaction=not getattr(args, "disable_redaction", False), progress=progress,
+                        ar_int8=parse_ar_int8(getattr(args, "ar_int8", None)))
 
 
 def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str, Any]:

@@ -75,12 +75,14 @@ class TextToSpeech:
             sources on first use (as the original does); off, a missing file is an error that
             names the download command.
         progress: ``progress(stage, done, total)`` called during long stages.
+        ar_int8: int8 weights for the AR model's linears: None lets the policy decide (CPUs with
+            int8 dot-product instructions where measured faster), True/False forces it.
     """
 
     def __init__(self, models_dir: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
                  *, batch_size: int | None = None, low_vram: bool = False, high_vram: bool = False,
                  graph_capture: bool | None = None, enable_redaction: bool = True, tokenizer_basic: bool = False,
-                 auto_download: bool = True, progress: Progress | None = None):
+                 auto_download: bool = True, progress: Progress | None = None, ar_int8: bool | None = None):
         from tortoise_xpu import assets
         from tortoise_xpu.backends import resolve
         from tortoise_xpu.backends.policy import Overrides
@@ -89,7 +91,7 @@ class TextToSpeech:
         self.device = self.backend.device
         self.models_dir = assets.models_dir(models_dir)
         self.overrides = Overrides(dtype=dtype, batch_size=batch_size, low_vram=low_vram, high_vram=high_vram,
-                                   graph_capture=graph_capture)
+                                   graph_capture=graph_capture, ar_int8=ar_int8)
         self.enable_redaction = enable_redaction
         self.auto_download = auto_download
         self.progress = progress
@@ -114,7 +116,7 @@ class TextToSpeech:
             ov = self.overrides
             self._policies[candidates] = policy_for(
                 self.backend, candidates=candidates, dtype=ov.dtype, batch_size=ov.batch_size,
-                low_vram=ov.low_vram, high_vram=ov.high_vram, graph_capture=ov.graph_capture)
+                low_vram=ov.low_vram, high_vram=ov.high_vram, graph_capture=ov.graph_capture, ar_int8=ov.ar_int8)
         return self._policies[candidates]
 
     @property
@@ -172,6 +174,10 @@ class TextToSpeech:
                 m = load_model(name, self.models_dir, dtype=dtype, path=path)
             if hasattr(m, "use_weight_first_linears"):
                 m.use_weight_first_linears(self.policy(self._candidates).ar_weight_first)
+            if name == "autoregressive" and self.policy(self._candidates).ar_int8:
+                from tortoise_xpu.models.quant import quantize_ar_int8
+
+                quantize_ar_int8(m)  # the Policy's int8 AR weights (CPUs where measured faster)
             if self.policy(self._candidates).resident:
                 m = self.backend.to_device(m)
             self._models[name] = m
