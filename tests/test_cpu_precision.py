@@ -68,9 +68,9 @@ def test_bf16_or_int8_not_measured_faster_is_not_chosen():
     assert cpu_policy(ZEN4_SLOW_BF16, 1).ar_int8 is False  # 1.1x < the 1.2x margin
 
 
-def test_amx_unmeasured_takes_bf16_for_compute_bound_stages_only():
+def test_unmeasured_cpu_stays_float32_whatever_its_flags():
     p = cpu_policy(SAPPHIRE_RAPIDS, 16)
-    assert dtypes(p) == (F32, BF16, BF16, F32) and not p.ar_int8
+    assert dtypes(p) == (F32, F32, F32, F32) and not p.ar_int8
     assert "not measured" in dict(p.precision_reasons)["ar"]
 
 

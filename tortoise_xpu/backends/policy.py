@@ -421,9 +421,9 @@ def cpu_precision(caps: Capabilities, stage_dtypes: dict[str, torch.dtype], batc
     * ``--dtype`` given: that dtype everywhere (only ``--ar-int8`` still applies).
     * bfloat16 for a stage (AR, CLVP, diffusion) where the CPU has bfloat16 instructions (AVX-512
       BF16 or AMX-BF16) and that stage's kernel measured at least :data:`CPU_MIN_SPEEDUP` x faster
-      in bfloat16; unmeasured, only AMX counts as faster (its tiles multiply bfloat16 many times
-      faster than float32 FMAs) and only for CLVP and diffusion (the AR at small batches reads
-      memory rather than computes).  AVX2-only CPUs stay in float32.
+      in bfloat16.  Unmeasured (``TORTOISE_XPU_CPU_PROBE=0``): float32, whatever the flags (AVX-512
+      BF16 alone is not always faster: the bfloat16 products of a few rows are slower here).
+      AVX2-only CPUs stay in float32.
     * int8 AR weights where the CPU has int8 dot-product instructions (VNNI / AMX-INT8), torch has
       the kernel, and the AR kernel at this batch measured at least :data:`CPU_MIN_SPEEDUP` x faster
       in int8 than in float32 and no slower than in bfloat16; then the AR stage's other tensors stay
@@ -448,10 +448,8 @@ def cpu_precision(caps: Capabilities, stage_dtypes: dict[str, torch.dtype], batc
                 out[stage] = torch.bfloat16 if fast else torch.float32
                 reasons[stage] = (f"{'bfloat16' if fast else 'float32'}: its kernel ({kernel}) in bfloat16 "
                                   f"measured {fmt(measured)}")
-            elif cpu.amx and stage != "ar":
-                out[stage], reasons[stage] = torch.bfloat16, "bfloat16: AMX tiles (not measured)"
             else:
-                out[stage], reasons[stage] = torch.float32, "float32: bfloat16 not measured faster"
+                out[stage], reasons[stage] = torch.float32, "float32: bfloat16 not measured (TORTOISE_XPU_CPU_PROBE=0)"
         reasons["vocoder"] = "float32: 15M parameters, nothing to gain"
     elif cpu is None:
         reasons["ar"] = "float32: the CPU's features are unknown"
