@@ -13,7 +13,7 @@ chunks joined are exactly the full decode of the final latent sequence, with no 
 
 Timing of the chunks, as the original: the first after ``max(stream_chunk_size, 60)``
 codes, then every ``stream_chunk_size`` codes, and the rest when the stop token comes.
-Each chunk holds back its last ~0.17 s (the decoder's receptive field plus the interpolation's
+Each chunk holds back its last ~0.23 s (the decoder's receptive field plus the interpolation's
 edge) until the next chunk or the end; unlike the original, nothing is dropped at the end.
 
 Random draws follow :meth:`TextToSpeech.tts` with one AR sample: same seed, same voice
