@@ -142,3 +142,31 @@ def test_tts_applies_int8_weights_where_the_policy_says(tiny_models_dir):
     assert wav.shape[0] == 1 and torch.isfinite(wav).all()
     off = TextToSpeech(models_dir=tiny_models_dir, device="cpu", ar_int8=False)
     assert not isinstance(off.model("autoregressive").mel_head, Int8Linear)
+
+
+def test_int8_on_one_thread_where_that_measured_faster():
+    busy = CPUFeatures(flags=ZEN4.flags, int8_kernel=True,
+                       speedups=(("int8/ar_b1", 0.3), ("int8_1t/ar_b1", 1.7), ("int8/ar_b16", 1.3),
+                                 ("int8_1t/ar_b16", 1.1)))
+    p1, p16 = cpu_policy(busy, 1), cpu_policy(busy, 16)
+    assert p1.ar_int8 and p1.ar_int8_one_thread  # 0.3x on all threads, 1.7x on one: int8, on one thread
+    assert p16.ar_int8 and not p16.ar_int8_one_thread
+    assert not cpu_policy(ZEN4, 1).ar_int8_one_thread  # not measured on one thread: all threads
+
+
+def test_one_thread_int8_layer_gives_the_same_numbers_and_restores_the_thread_count():
+    from tortoise_xpu.models.quant import Int8Linear
+
+    g = torch.Generator().manual_seed(3)
+    layer = Int8Linear.from_weight(torch.randn(64, 32, generator=g), None)
+    x = torch.randn(2, 32, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = layer(x)
+        layer.one_thread = True
+        b = layer(x)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -5,8 +5,8 @@ models: trained transformer weights have heavier tails than a Gaussian, and per-
 precision in proportion to a row's largest weight over its typical one.  :func:`realistic_ar`
 draws every linear weight from a Student-t with 3 degrees of freedom (std 0.02).  Gaussian weights
 (the tiny models, the full-size random checkpoints) are the forgiving case: the logits' error is
-2.2e-2 there against 2.6e-2 to 6.7e-2 here (4 layers, width 256, a few seeds; the tolerance and
-its reason are in tests/parity/tolerances.py).  The full-size measurement on the random
+2.2e-2 there against 4.9e-2 to 1.28e-1 here (4 layers, width 256, six seeds; bfloat16 everywhere:
+1.0e-2 to 1.6e-2; the tolerance and its reason are in tests/parity/tolerances.py).  The full-size measurement on the random
 checkpoints, ``benchmarks/int8_error.py``, is recorded in docs/performance.md.  No real checkpoint
 can be downloaded here, so the default (int8 on where it is faster) rests on this model;
 ``--ar-int8 off`` is the way back.
@@ -33,8 +33,10 @@ def realistic_ar(config: ARConfig, seed: int = 0, outlier_scale: float = 1.0) ->
     LayerNorm gains N(1, 0.1).  ``outlier_scale`` > 1 also multiplies 1 % of each weight's input
     channels by that factor (outlier features).
     """
-    model = UnifiedVoice(config).eval()
     g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():  # the embeddings' init draws from the global generator: pin it
+        torch.manual_seed(seed)
+        model = UnifiedVoice(config).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (Conv1D, torch.nn.Linear)):
@@ -111,7 +113,7 @@ def _greedy(model: UnifiedVoice, cond, text) -> torch.Tensor:
     return torch.stack(codes, dim=1)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", range(6))
 def test_int8_error_within_the_parity_tolerance(seed):
     """Logits of every decode step (teacher-forced on float32's greedy codes) and the greedy codes."""
     import copy

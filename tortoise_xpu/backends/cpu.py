@@ -97,7 +97,8 @@ def measure_kernels(bf16: bool, int8: bool) -> tuple[tuple[str, float], ...]:
     * ``ar_b1``, ``ar_b16``: the AR model's widest linear (1024 -> 4096) at 1 and 16 rows, over four
       distinct weights (64 MB in float32, more than a CPU cache holds, as the 1.7 GB model is);
       float32 as the pipeline runs it (weight-first), bfloat16 weights, int8 weights
-      (``torch._weight_int8pack_mm``, bfloat16 activations).
+      (``torch._weight_int8pack_mm``, bfloat16 activations) and, with several threads, the int8
+      product on one intra-op thread (``int8_1t``: on a busy machine it beat two threads).
     * ``diffusion``: a 1024 -> 1024 channel, kernel-3 convolution over 174 frames (the 40-code unit).
     * ``clvp``: a 768 -> 3072 linear over 512 rows.
     Returns ``(("bf16/ar_b1", speed-up), ...)``; speed-up = float32 time / other time.
@@ -123,6 +124,18 @@ def measure_kernels(bf16: bool, int8: bool) -> tuple[tuple[str, float], ...]:
             packed = [(q, s.bfloat16()) for q, s in (quantize_per_channel(w) for w in ws)]
             xb = x.bfloat16()
             out.append((f"int8/{key}", _speedup(base, lambda: [torch._weight_int8pack_mm(xb, q, s) for q, s in packed])))
+            threads = torch.get_num_threads()
+            if threads > 1:  # the same on one intra-op thread (Int8Linear.one_thread)
+
+                def one_thread() -> None:
+                    torch.set_num_threads(1)
+                    try:
+                        for q, s in packed:
+                            torch._weight_int8pack_mm(xb, q, s)
+                    finally:
+                        torch.set_num_threads(threads)
+
+                out.append((f"int8_1t/{key}", _speedup(base, one_thread)))
     del ws
     if bf16:
         x = torch.randn(1, 1024, 174, generator=g)

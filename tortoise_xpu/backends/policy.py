@@ -43,14 +43,14 @@ from typing import Any, Mapping
 
 import torch
 
-from tortoise_xpu.backends.base import Backend, Capabilities, dtype_name
+from tortoise_xpu.backends.base import Backend, Capabilities, CPUFeatures, dtype_name
 from tortoise_xpu.errors import UserError
 
 __all__ = [
     "ARShape", "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
     "UNKNOWN_FREE_BYTES", "diffusion_workspace_bytes", "headroom_bytes", "make_policy", "overrides_from_args",
     "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
-    "CPU_MIN_SPEEDUP", "CPU_SMALL_BATCH", "cpu_precision", "parse_ar_int8",
+    "CPU_MIN_SPEEDUP", "CPU_SMALL_BATCH", "cpu_precision", "int8_on_one_thread", "parse_ar_int8",
 ]
 
 GiB = 1 << 30
@@ -205,6 +205,8 @@ class Policy:
     #: The AR model's GPT-2 linears and mel head hold int8 weights (``models.quant.quantize_ar_int8``);
     #: the rest of the AR stage runs in ``ar_dtype``.
     ar_int8: bool = False
+    #: Run the int8 products on one intra-op thread (measured faster than all threads on this CPU).
+    ar_int8_one_thread: bool = False
     #: Why each stage got its dtype on this CPU (stage -> one sentence); empty off the CPU.
     precision_reasons: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     #: Why each decision came out as it did, one sentence each.
@@ -232,6 +234,7 @@ class Policy:
             "use_complex_stft": self.use_complex_stft,
             "ar_weight_first": self.ar_weight_first,
             "ar_int8": self.ar_int8,
+            "ar_int8_one_thread": self.ar_int8_one_thread,
             "precision_reasons": dict(self.precision_reasons),
             "budget_bytes": self.budget_bytes,
             "per_sample_bytes": self.per_sample_bytes,
@@ -376,9 +379,10 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
             notes.append("the models barely fit: batch 1, try --low-vram or a smaller dtype")
 
     # perf: on a CPU, each stage's dtype and the AR's int8 weights from what the CPU can do
-    ar_int8, reasons = False, ()
+    ar_int8, int8_one_thread, reasons = False, False, ()
     if caps.is_cpu:
         stage_dtypes, ar_int8, reasons = cpu_precision(caps, stage_dtypes, batch, ov)
+        int8_one_thread = ar_int8 and int8_on_one_thread(caps.cpu, batch)
         notes.extend(f"{stage}: {why}" for stage, why in reasons)
     elif ov.ar_int8:
         raise UserError("int8 AR weights (--ar-int8 on) are implemented for the CPU only")
@@ -398,7 +402,8 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         vocoder_dtype=stage_dtypes["vocoder"], ar_batch_size=batch, resident=resident, kv_cache=kv_cache,
         graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates,
         ar_weight_first=ar_weight_first, budget_bytes=budget,
-        per_sample_bytes=sample, ar_int8=ar_int8, precision_reasons=reasons, notes=tuple(notes),
+        per_sample_bytes=sample, ar_int8=ar_int8, ar_int8_one_thread=int8_one_thread, precision_reasons=reasons,
+        notes=tuple(notes),
     )
 
 
@@ -454,7 +459,7 @@ def cpu_precision(caps: Capabilities, stage_dtypes: dict[str, torch.dtype], batc
     elif cpu is None:
         reasons["ar"] = "float32: the CPU's features are unknown"
 
-    int8_speed = cpu.speedup(f"int8/{ar_key}") if cpu is not None else None
+    int8_speed = _int8_speed(cpu, ar_key)
     if ov.ar_int8 is not None:
         ar_int8 = bool(ov.ar_int8)
         if ar_int8 and cpu is not None and not cpu.int8_kernel:
@@ -476,6 +481,21 @@ def cpu_precision(caps: Capabilities, stage_dtypes: dict[str, torch.dtype], batc
         reasons["ar"] = f"{reasons['ar']}; {why}" if "ar" in reasons else why
     order = [s for s in STAGES if s in reasons]
     return out, ar_int8, tuple((s, reasons[s]) for s in order)
+
+
+def _int8_speed(cpu: CPUFeatures | None, key: str) -> float | None:
+    """The better of the measured int8 speed-ups at all threads and on one thread (None: not measured)."""
+    if cpu is None:
+        return None
+    speeds = [s for s in (cpu.speedup(f"int8/{key}"), cpu.speedup(f"int8_1t/{key}")) if s is not None]
+    return max(speeds) if speeds else None
+
+
+def int8_on_one_thread(cpu: CPUFeatures | None, batch: int) -> bool:
+    """Whether the int8 product measured faster on one intra-op thread than on all of them."""
+    key = "ar_b1" if batch <= CPU_SMALL_BATCH else "ar_b16"
+    one = cpu.speedup(f"int8_1t/{key}") if cpu is not None else None
+    return one is not None and one > (cpu.speedup(f"int8/{key}") or 0.0)
 
 
 def policy_for(backend: Backend, candidates: int = 16, model_bytes: Mapping[str, int] | None = None,

@@ -52,7 +52,13 @@ class Int8Linear(nn.Module):
     """``y = x @ (q * scale).T + bias``: int8 weight (out, in), float scale per output channel.
 
     Inputs of any float dtype and shape (..., in); the output has the input's dtype.
+    ``one_thread``: run the int8 product on one intra-op thread (torch's thread count is set to 1
+    around the call and restored; 0.2 us).  On a busy 2-core machine the kernel ran 1.5-3x faster
+    so than on two threads (docs/performance.md); the Policy measures which (``ar_int8_one_thread``).
+    The switch is process-wide for that moment: other threads' torch ops see one thread meanwhile.
     """
+
+    one_thread: bool = False
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -78,7 +84,16 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if int8_kernel_available():
-            y = torch._weight_int8pack_mm(rows.to(ACTIVATION_DTYPE).contiguous(), self.q, self.scale_act).float()
+            act = rows.to(ACTIVATION_DTYPE).contiguous()
+            threads = torch.get_num_threads() if self.one_thread else 1
+            if threads > 1:
+                torch.set_num_threads(1)
+                try:
+                    y = torch._weight_int8pack_mm(act, self.q, self.scale_act).float()
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                y = torch._weight_int8pack_mm(act, self.q, self.scale_act).float()
         else:  # an old torch: the same numbers from a float copy (slow, but right)
             y = F.linear(rows.float(), self.dequantized())
         if self.bias is not None:
@@ -99,12 +114,16 @@ class QuantReport:
 
 
 @torch.no_grad()
-def quantize_ar_int8(model: nn.Module) -> QuantReport:
+def quantize_ar_int8(model: nn.Module, one_thread: bool = False) -> QuantReport:
     """Replace the GPT-2 linears and the mel head of a ``UnifiedVoice`` by :class:`Int8Linear`, in place.
 
     The GPT-2 ``Conv1D`` weights are stored (in, out); they are quantised as (out, in).  Weight-first
-    products are switched off first (an int8 layer has its own kernel).  Idempotent.
+    products are switched off first (an int8 layer has its own kernel).  ``one_thread``: see
+    :class:`Int8Linear`.  Idempotent (a second call only sets ``one_thread``).
     """
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            m.one_thread = one_thread
     from tortoise_xpu.models.autoregressive import Conv1D
 
     if hasattr(model, "use_weight_first_linears"):
@@ -120,6 +139,7 @@ def quantize_ar_int8(model: nn.Module) -> QuantReport:
     for parent, name, child in targets:
         weight = child.weight.t() if isinstance(child, Conv1D) else child.weight  # -> (out, in)
         new = Int8Linear.from_weight(weight, child.bias)
+        new.one_thread = one_thread
         before += weight.numel() * weight.element_size()
         after += new.q.numel() + new.scale.numel() * 4
         setattr(parent, name, new)

@@ -177,7 +177,8 @@ class TextToSpeech:
             if name == "autoregressive" and self.policy(self._candidates).ar_int8:
                 from tortoise_xpu.models.quant import quantize_ar_int8
 
-                quantize_ar_int8(m)  # the Policy's int8 AR weights (CPUs where measured faster)
+                # the Policy's int8 AR weights (CPUs where measured faster)
+                quantize_ar_int8(m, one_thread=self.policy(self._candidates).ar_int8_one_thread)
             if self.policy(self._candidates).resident:
                 m = self.backend.to_device(m)
             self._models[name] = m
