@@ -54,6 +54,10 @@ def ar_rows(models_dir: str, repeat: int) -> list[dict]:
     q = copy.deepcopy(base)
     quantize_ar_int8(q)
     variants["int8"] = q
+    if torch.get_num_threads() > 1:  # the int8 products on one intra-op thread (Policy.ar_int8_one_thread)
+        q1 = copy.deepcopy(q)
+        quantize_ar_int8(q1, one_thread=True)
+        variants["int8, one thread"] = q1
     for batch in (1, 16):
         times = {}
         for name, model in variants.items():
