@@ -1,7 +1,7 @@
 """Weight-only int8 for the autoregressive model's linears (the Policy's ``ar_int8``).
 
 A decode step of the AR model reads every GPT-2 weight once per generated code: at batch 1 its
-speed is the speed of reading 1.2 GB of float32 weights (30 blocks x 4 linears, plus the mel
+speed is the speed of reading 1.44 GiB of float32 weights (30 blocks x 4 linears, plus the mel
 head).  Stored as int8 with one float scale per output channel, the same step reads a quarter of
 the bytes.  :func:`quantize_ar_int8` replaces each GPT-2 ``Conv1D`` and the mel head with an
 :class:`Int8Linear`:
