@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.stream:
         return run_stream(args, tts, chunks, settings, seed, progress)
+    from tortoise_xpu.voices import resolve_voice, voice_search_path
+
+    resolve_voice(args.voice, voice_search_path(args.voices_dir))  # a bad voice fails before any loading
     with progress.running():
         load_start = time.perf_counter()
         names = ["autoregressive", "clvp", "diffusion", "vocoder"] + (["rlg_auto", "rlg_diffuser"]
