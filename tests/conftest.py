@@ -14,7 +14,15 @@ the other accelerator backends are hidden unless ``hide_others=False``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The CPU's precision policy measures kernels on the machine it runs on (backends/cpu.py), which would
+# make the tests' dtypes depend on the machine and its load: decide from the flags alone, which keeps
+# every CPU stage in float32.  TORTOISE_XPU_CPU_PROBE=1 (e.g. for `pytest -m parity`) runs the
+# measured policy instead; tests of the policy itself simulate CPUs (tests/test_cpu_precision.py).
+os.environ.setdefault("TORTOISE_XPU_CPU_PROBE", "0")
 
 from tests.simdevices import SIM_BY_KEY, SimDevice, simulate as _simulate
 from tortoise_xpu.backends import BACKENDS

@@ -114,3 +114,17 @@ def test_run_standard_writes_json_and_markdown(tiny_models_dir, tmp_path, capsys
     assert results[0]["candidates"] == 16 and results[0]["preset"] == "ultra_fast"
     md = (out_dir / "results.md").read_text()
     assert "| work |" in md and "compared with the original" in md  # the CPU anchor has a 40-token unit
+
+
+def test_repeat_reports_the_real_median():
+    from tortoise_xpu.cli.bench import _median_run
+
+    def run(total, ar, cpu):
+        return {"total_s": total, "cpu_time_s": cpu, "stages": {"ar": ar, "diffusion": total - ar - 1},
+                "other_s": 1.0, "policy": {}}
+
+    two = _median_run([run(10.0, 4.0, 15.0), run(14.0, 6.0, 17.0)])
+    assert two["total_s"] == 12.0 and two["stages"]["ar"] == 5.0 and two["cpu_time_s"] == 16.0  # not the lower
+    assert abs(two["other_s"] - 1.0) < 1e-9
+    three = _median_run([run(10.0, 4.0, 1.0), run(30.0, 6.0, 3.0), run(12.0, 5.0, 2.0)])
+    assert three["total_s"] == 12.0 and three["stages"]["ar"] == 5.0

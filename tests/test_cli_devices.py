@@ -21,9 +21,11 @@ def _json(capsys, *args):
 
 
 def test_json_lists_every_backend_cpu_available(capsys, monkeypatch):
-    from tests.simdevices import hide_accelerators
+    from tests.simdevices import AVX2_CPU, hide_accelerators
+    from tortoise_xpu.backends import cpu as cpu_backend
 
     hide_accelerators(monkeypatch)
+    monkeypatch.setattr(cpu_backend, "cpu_features", lambda: AVX2_CPU)  # whatever CPU runs the tests
     rows = _json(capsys)
     assert [r["name"] for r in rows] == list(AUTO_ORDER)
     for row in rows:
@@ -33,6 +35,8 @@ def test_json_lists_every_backend_cpu_available(capsys, monkeypatch):
             assert row["total_memory"] > 0 and "float32" in row["dtypes"]
             assert row["policy"]["dtypes"]["ar"] == "float32"
             assert row["policy"]["candidates"] == 96  # the default preset
+            assert row["cpu_features"]["flags"] == ["avx2"] and not row["policy"]["ar_int8"]
+            assert "no bfloat16 instructions" in row["policy"]["precision_reasons"]["diffusion"]
         else:
             assert row["available"] is False and row["reason"] and row["policy"] is None
 
@@ -64,14 +68,18 @@ def test_device_filter_and_bad_device(capsys):
 
 
 def test_table_shows_reasons_and_the_policy(capsys, monkeypatch):
-    from tests.simdevices import hide_accelerators
+    from tests.simdevices import AVX2_CPU, hide_accelerators
+    from tortoise_xpu.backends import cpu as cpu_backend
 
     hide_accelerators(monkeypatch)
+    monkeypatch.setattr(cpu_backend, "cpu_features", lambda: AVX2_CPU)
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
     assert "cpu (auto)" in out and "hidden by the device simulation" in out
     assert "fp32/fp32/fp32/fp32" in out and "resident" in out
+    # why each stage got its dtype on this CPU, and the flags it was decided from
+    assert "CPU flags" in out and "avx2" in out and "no bfloat16 instructions" in out
 
 
 def test_installed_entry_point_prints_parseable_json():

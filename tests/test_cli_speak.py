@@ -30,11 +30,13 @@ def _voice(folder, n=2, sr=22050):
 def test_speak_subprocess_writes_wav(tiny_models_dir, tmp_path):
     out = tmp_path / "out.wav"
     r = subprocess.run([sys.executable, "-m", "tortoise_xpu", "speak", "Hello there.", "--voice", "random",
-                        "--models-dir", str(tiny_models_dir), "-o", str(out), "--json", *TINY],
+                        "--models-dir", str(tiny_models_dir), "-o", str(out), "--json", "--threads", "1", *TINY],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["outputs"] == [str(out)] and summary["seed"] == 7
+    # --threads as bench takes it, and the model load time apart from synthesis
+    assert summary["threads"] == 1 and summary["model_load_s"] > 0
     info = sf.info(str(out))
     assert info.samplerate == 24000 and info.channels == 1 and info.frames == 34 * 256
     assert "Traceback" not in r.stderr

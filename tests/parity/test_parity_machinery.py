@@ -21,9 +21,9 @@ def test_scaled_max_error_is_relative_to_the_range():
 
 
 def test_one_table_covers_every_precision_with_a_reason():
-    assert set(TOLERANCES) == {"float32", "tf32", "float16", "bfloat16"}
+    assert set(TOLERANCES) == {"float32", "tf32", "float16", "bfloat16", "int8"}
     assert TOLERANCES["float32"].rel <= 1e-4 < TOLERANCES["tf32"].rel < TOLERANCES["float16"].rel <= 1e-2
-    assert TOLERANCES["float16"].rel < TOLERANCES["bfloat16"].rel
+    assert TOLERANCES["float16"].rel < TOLERANCES["bfloat16"].rel < TOLERANCES["int8"].rel
     assert all(len(t.reason) > 80 for t in TOLERANCES.values())
     assert precision_name(torch.float32, tf32=True) == "tf32" and precision_name(torch.float16, tf32=True) == "float16"
     assert tolerance_for(torch.bfloat16) is TOLERANCES["bfloat16"]

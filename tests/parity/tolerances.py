@@ -66,6 +66,16 @@ TOLERANCES: dict[str, Tolerance] = {
                "average cancels; no op in it needs float32 - rotary angles in float32 only take it to "
                "2.8e-2), the diffusion decoder cast whole 1.5-2.6e-2 (autocast, as the pipeline runs it: "
                "< 7e-3), the rest < 1.5e-2.  5e-2 is ~13 u.  Same top-k rule."),
+    "int8": Tolerance(
+        rel=1.5e-1, topk=5, min_topk=0.85,
+        reason="Weight-only int8 of the AR linears (models/quant.py), bfloat16 activations into the int8 "
+               "product.  Per-output-channel scales put every weight within max|row| / 254 of its value: "
+               "bfloat16's step for the row's largest weight, but coarser than bfloat16 for the typical "
+               "ones, more so the heavier the row's tail.  Measured on six heavy-tailed AR models "
+               "(Student-t weights, 3 dof; tests/test_quant.py): 4.9e-2 to 1.28e-1 of the logits' range "
+               "(the same models in bfloat16: 1.0e-2 to 1.6e-2), top-5 overlap 0.89 to 0.96.  So 1.5e-1 "
+               "(a max over every logit of every step: one outlying weight shows), top-5 sets >= 85 %, "
+               "and the greedy arg-max equal up to ties within 2 x rel of the range."),
 }
 
 #: Greedy codes and the CLVP pick may part from the reference only where the reference's own

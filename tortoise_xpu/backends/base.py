@@ -22,7 +22,8 @@ from typing import Any, ClassVar, ContextManager, Mapping, NamedTuple, TypeVar
 
 import torch
 
-__all__ = ["AuditRules", "Backend", "Capabilities", "MemoryInfo", "Quirks", "dtype_name", "normalize_op_name"]
+__all__ = ["AuditRules", "Backend", "CPUFeatures", "Capabilities", "MemoryInfo", "Quirks", "dtype_name",
+           "normalize_op_name"]
 
 T = TypeVar("T")
 
@@ -138,6 +139,57 @@ class AuditRules:
                 "quirk_ops": sorted(self.quirk_ops), "notes": list(self.notes)}
 
 
+# ---------------------------------------------------------------------------------------------------
+# CPU precision facts (the "perf" part: instruction sets and measured kernel speeds of the host CPU,
+# from which policy.cpu_precision picks each stage's dtype and the AR's int8 weights)
+# ---------------------------------------------------------------------------------------------------
+
+#: Instruction-set features that decide a CPU's fast precisions (names as torch.cpu.get_capabilities()).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CPUFeatures:
+    """What a CPU can do fast, as probed (``backends.cpu.cpu_features``) or simulated in tests.
+
+    ``flags``: the relevant instruction-set features present (``avx2``, ``avx512_f``,
+    ``avx512_bf16``, ``avx512_vnni``, ``avx_vnni``, ``amx_tile``, ``amx_bf16``, ``amx_int8``, ...).
+    ``speedups``: measured speed of a kernel against its float32 version (> 1: faster), as
+    ``(("bf16/ar_b1", 0.9), ("int8/ar_b1", 4.1), ...)``; keys are ``<kind>/<kernel>`` with kind
+    ``bf16`` or ``int8`` and kernel ``ar_b1``/``ar_b16`` (an AR linear at 1 / 16 rows),
+    ``diffusion`` (a 1024-channel conv over 174 frames) or ``clvp`` (a 512-row transformer linear).
+    Empty when nothing was measured.  ``int8_kernel``: torch has the weight-only int8 product.
+    """
+
+    flags: frozenset[str] = frozenset()
+    speedups: tuple[tuple[str, float], ...] = ()
+    int8_kernel: bool = False
+    source: str = ""
+
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 arithmetic in hardware (AVX-512 BF16 or AMX-BF16), not emulated."""
+        return any(f in self.flags for f in BF16_FLAGS)
+
+    @property
+    def amx(self) -> bool:
+        return "amx_bf16" in self.flags or "amx_int8" in self.flags
+
+    @property
+    def int8_dot(self) -> bool:
+        """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
+        return any(f in self.flags for f in INT8_DOT_FLAGS)
+
+    def speedup(self, key: str) -> float | None:
+        """The measured speed-up of ``key`` (e.g. ``"bf16/diffusion"``), or None when not measured."""
+        return dict(self.speedups).get(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flags": sorted(self.flags), "bf16": self.bf16, "int8_dot": self.int8_dot, "amx": self.amx,
+                "int8_kernel": self.int8_kernel, "speedups": dict(self.speedups), "source": self.source}
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """The facts about one device that the policy is computed from (see ``policy.make_policy``).
@@ -161,6 +213,8 @@ class Capabilities:
     #: float32 sgemm (the CPU: 1.6-2.1x at 16-32 rows, measured in docs/performance.md).
     weight_first_gemm: bool = False
     quirks: Quirks = field(default_factory=Quirks)
+    #: The host CPU's precision facts (the CPU backend only; None elsewhere).
+    cpu: CPUFeatures | None = None
 
     def supports(self, dtype: torch.dtype) -> bool:
         """Whether tensors of ``dtype`` can be computed with on this device."""

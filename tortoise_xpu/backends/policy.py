@@ -47,7 +47,7 @@ from typing import Any, Mapping
 import torch
 
 from tortoise_xpu.assets.catalogue import official_parameters
-from tortoise_xpu.backends.base import Backend, Capabilities, dtype_name
+from tortoise_xpu.backends.base import Backend, Capabilities, CPUFeatures, dtype_name
 from tortoise_xpu.errors import UserError
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "MAX_AR_BATCH", "OFFICIAL_MODEL_BYTES", "Overrides", "Policy", "STAGES", "UNIFIED_FREE_FRACTION",
     "UNKNOWN_FREE_BYTES", "compile_backend", "diffusion_workspace_bytes", "headroom_bytes", "make_policy",
     "official_ar_shape", "overrides_from_args", "parse_dtype", "per_sample_bytes", "policy_for", "usable_bytes",
+    "CPU_MIN_SPEEDUP", "CPU_SMALL_BATCH", "cpu_precision", "int8_on_one_thread", "parse_ar_int8",
 ]
 
 GiB = 1 << 30
@@ -221,6 +222,10 @@ class Overrides:
     low_vram: bool = False
     high_vram: bool = False
     graph_capture: bool | None = None
+    # --- perf: CPU precision ------------------------------------------------------------------
+    #: int8 weights for the AR linears: None = the policy decides (CPU: where measured faster),
+    #: True/False = forced (``--ar-int8 on|off``).
+    ar_int8: bool | None = None
     #: Residency decided by the model store that runs the Policy (True: resident, False: per stage);
     #: None leaves it to the memory model.  ``low_vram``/``high_vram`` win over it.
     resident: bool | None = None
@@ -270,6 +275,14 @@ class Policy:
     #: The memory budget the batch was sized from, and one AR sample's bytes.
     budget_bytes: int = 0
     per_sample_bytes: int = 0
+    # --- perf: CPU precision (see cpu_precision below) ------------------------------------------
+    #: The AR model's GPT-2 linears and mel head hold int8 weights (``models.quant.quantize_ar_int8``);
+    #: the rest of the AR stage runs in ``ar_dtype``.
+    ar_int8: bool = False
+    #: Run the int8 products on one intra-op thread (measured faster than all threads on this CPU).
+    ar_int8_one_thread: bool = False
+    #: Why each stage got its dtype on this CPU (stage -> one sentence); empty off the CPU.
+    precision_reasons: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     #: Why each decision came out as it did, one sentence each.
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -296,6 +309,9 @@ class Policy:
             "compile": self.compile,
             "use_complex_stft": self.use_complex_stft,
             "ar_weight_first": self.ar_weight_first,
+            "ar_int8": self.ar_int8,
+            "ar_int8_one_thread": self.ar_int8_one_thread,
+            "precision_reasons": dict(self.precision_reasons),
             "budget_bytes": self.budget_bytes,
             "per_sample_bytes": self.per_sample_bytes,
             "notes": list(self.notes),
@@ -305,6 +321,8 @@ class Policy:
         """One line, e.g. ``bf16/bf16/bf16/fp32, batch 16, resident, graphs``."""
         short = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
         dtypes = "/".join(short.get(self.dtype(s), dtype_name(self.dtype(s))) for s in STAGES)
+        if self.ar_int8:
+            dtypes += " (AR int8 weights)"
         parts = [dtypes, f"batch {self.ar_batch_size}", "resident" if self.resident else "per-stage"]
         if self.graph_capture:
             parts.append("graphs")
@@ -392,9 +410,9 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         half = _default_half(caps)
         # The vocoder is 15M parameters: float32 costs nothing there and keeps the waveform clean.
         stage_dtypes = {"ar": half, "clvp": half, "diffusion": half, "vocoder": torch.float32}
-        notes.append(f"dtype {dtype_name(half)} for AR, CLVP and diffusion "
-                     f"({'the CPU is fastest in float32' if caps.is_cpu else 'the fastest supported'}), "
-                     "float32 for the vocoder")
+        if not caps.is_cpu:  # the CPU's per-stage choice is cpu_precision's (its notes follow)
+            notes.append(f"dtype {dtype_name(half)} for AR, CLVP and diffusion (the fastest supported), "
+                         "float32 for the vocoder")
 
     # memory
     def on_device(stage: str) -> int:
@@ -446,6 +464,15 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         if room == 0:
             notes.append("the models barely fit: batch 1, try --low-vram or a smaller dtype")
 
+    # perf: on a CPU, each stage's dtype and the AR's int8 weights from what the CPU can do
+    ar_int8, int8_one_thread, reasons = False, False, ()
+    if caps.is_cpu:
+        stage_dtypes, ar_int8, reasons = cpu_precision(caps, stage_dtypes, batch, ov)
+        int8_one_thread = ar_int8 and int8_on_one_thread(caps.cpu, batch)
+        notes.extend(f"{stage}: {why}" for stage, why in reasons)
+    elif ov.ar_int8:
+        raise UserError("int8 AR weights (--ar-int8 on) are implemented for the CPU only")
+
     graphs = caps.graphs and not caps.is_cpu
     if ov.graph_capture is not None:
         graphs = bool(ov.graph_capture) and caps.graphs
@@ -458,7 +485,7 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
     compiled = compile_backend(ov.compile)
     use_complex_stft = caps.complex and not caps.quirks.needs_real_stft
     # Measured for float32 only (MKL's sgemm); other dtypes take other kernels.
-    ar_weight_first = caps.weight_first_gemm and stage_dtypes["ar"] == torch.float32
+    ar_weight_first = caps.weight_first_gemm and stage_dtypes["ar"] == torch.float32 and not ar_int8
     if ar_weight_first:
         notes.append("AR linear layers as weight @ x.T with out-major weights (faster few-row products here)")
 
@@ -468,8 +495,100 @@ def make_policy(caps: Capabilities, free_bytes: int | None, total_bytes: int | N
         graph_capture=graphs, use_complex_stft=use_complex_stft, candidates=candidates,
         ar_weight_first=ar_weight_first, decode_mode=decode_mode,
         decode_bucket=ov.decode_bucket or DEFAULT_DECODE_BUCKET, compile=compiled, budget_bytes=budget,
-        per_sample_bytes=sample, notes=tuple(notes),
+        per_sample_bytes=sample, ar_int8=ar_int8, ar_int8_one_thread=int8_one_thread, precision_reasons=reasons,
+        notes=tuple(notes),
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# perf: CPU precision.  A pure function of the CPU's features (flags and measured kernel speeds,
+# ``Capabilities.cpu``), the AR batch and the user's overrides.
+# ---------------------------------------------------------------------------------------------------
+
+#: A half type or int8 must be at least this much faster than float32 in the measured kernel to be
+#: chosen: below it the gain is within the noise of one measurement on a busy machine.
+CPU_MIN_SPEEDUP = 1.2
+#: AR batches up to this size are timed by the 1-row kernel, larger ones by the 16-row kernel.
+CPU_SMALL_BATCH = 4
+
+
+def cpu_precision(caps: Capabilities, stage_dtypes: dict[str, torch.dtype], batch: int,
+                  ov: Overrides) -> tuple[dict[str, torch.dtype], bool, tuple[tuple[str, str], ...]]:
+    """Each stage's dtype and the AR's int8 weights on a CPU, with one reason per stage.
+
+    * ``--dtype`` given: that dtype everywhere (only ``--ar-int8`` still applies).
+    * bfloat16 for a stage (AR, CLVP, diffusion) where the CPU has bfloat16 instructions (AVX-512
+      BF16 or AMX-BF16) and that stage's kernel measured at least :data:`CPU_MIN_SPEEDUP` x faster
+      in bfloat16.  Unmeasured (``TORTOISE_XPU_CPU_PROBE=0``): float32, whatever the flags (AVX-512
+      BF16 alone is not always faster: the bfloat16 products of a few rows are slower here).
+      AVX2-only CPUs stay in float32.
+    * int8 AR weights where the CPU has int8 dot-product instructions (VNNI / AMX-INT8), torch has
+      the kernel, and the AR kernel at this batch measured at least :data:`CPU_MIN_SPEEDUP` x faster
+      in int8 than in float32 and no slower than in bfloat16; then the AR stage's other tensors stay
+      float32.  ``--ar-int8 on|off`` forces it.  Its error: tests/test_quant.py, docs/performance.md.
+    * The vocoder stays float32 (15M parameters: nothing to gain).
+    """
+    cpu = caps.cpu
+    out = dict(stage_dtypes)
+    reasons: dict[str, str] = {}
+    ar_key = "ar_b1" if batch <= CPU_SMALL_BATCH else "ar_b16"
+
+    def fmt(x: float | None) -> str:
+        return "not measured" if x is None else f"{x:.2f}x float32"
+
+    if ov.dtype is None and cpu is not None:
+        for stage, kernel in (("ar", ar_key), ("clvp", "clvp"), ("diffusion", "diffusion")):
+            measured = cpu.speedup(f"bf16/{kernel}")
+            if not cpu.bf16:
+                out[stage], reasons[stage] = torch.float32, "float32: no bfloat16 instructions (AVX-512 BF16, AMX)"
+            elif measured is not None:
+                fast = measured >= CPU_MIN_SPEEDUP
+                out[stage] = torch.bfloat16 if fast else torch.float32
+                reasons[stage] = (f"{'bfloat16' if fast else 'float32'}: its kernel ({kernel}) in bfloat16 "
+                                  f"measured {fmt(measured)}")
+            else:
+                out[stage], reasons[stage] = torch.float32, "float32: bfloat16 not measured (TORTOISE_XPU_CPU_PROBE=0)"
+        reasons["vocoder"] = "float32: 15M parameters, nothing to gain"
+    elif cpu is None:
+        reasons["ar"] = "float32: the CPU's features are unknown"
+
+    int8_speed = _int8_speed(cpu, ar_key)
+    if ov.ar_int8 is not None:
+        ar_int8 = bool(ov.ar_int8)
+        if ar_int8 and cpu is not None and not cpu.int8_kernel:
+            raise UserError("--ar-int8 on needs torch's weight-only int8 product (torch >= 2.3)")
+        why = f"int8 weights forced {'on' if ar_int8 else 'off'} (--ar-int8)"
+    elif cpu is None or not cpu.int8_dot or not cpu.int8_kernel:
+        ar_int8, why = False, "no int8 weights: no int8 dot-product instructions (VNNI, AMX-INT8) or kernel"
+    elif int8_speed is None:
+        ar_int8, why = False, "no int8 weights: not measured"
+    else:
+        bf16_speed = cpu.speedup(f"bf16/{ar_key}") if out["ar"] == torch.bfloat16 else 1.0
+        ar_int8 = int8_speed >= CPU_MIN_SPEEDUP and int8_speed >= (bf16_speed or 1.0)
+        why = f"{'int8' if ar_int8 else 'no int8'} weights: the AR kernel ({ar_key}) in int8 measured {fmt(int8_speed)}"
+    if ar_int8:
+        out["ar"] = torch.float32 if ov.dtype is None else out["ar"]
+        reasons["ar"] = why + ", the rest of the stage " + ("float32" if out["ar"] == torch.float32 else
+                                                            f"{dtype_name(out['ar'])}")
+    else:
+        reasons["ar"] = f"{reasons['ar']}; {why}" if "ar" in reasons else why
+    order = [s for s in STAGES if s in reasons]
+    return out, ar_int8, tuple((s, reasons[s]) for s in order)
+
+
+def _int8_speed(cpu: CPUFeatures | None, key: str) -> float | None:
+    """The better of the measured int8 speed-ups at all threads and on one thread (None: not measured)."""
+    if cpu is None:
+        return None
+    speeds = [s for s in (cpu.speedup(f"int8/{key}"), cpu.speedup(f"int8_1t/{key}")) if s is not None]
+    return max(speeds) if speeds else None
+
+
+def int8_on_one_thread(cpu: CPUFeatures | None, batch: int) -> bool:
+    """Whether the int8 product measured faster on one intra-op thread than on all of them."""
+    key = "ar_b1" if batch <= CPU_SMALL_BATCH else "ar_b16"
+    one = cpu.speedup(f"int8_1t/{key}") if cpu is not None else None
+    return one is not None and one > (cpu.speedup(f"int8/{key}") or 0.0)
 
 
 def policy_for(backend: Backend, candidates: int = 16, model_bytes: Mapping[str, int] | None = None,
@@ -493,4 +612,19 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
         batch_size=getattr(args, "batch_size", None),
         low_vram=bool(getattr(args, "low_vram", False)),
         high_vram=bool(getattr(args, "high_vram", False)),
+        ar_int8=parse_ar_int8(getattr(args, "ar_int8", None)),
     )
+
+
+def parse_ar_int8(value: str | bool | None) -> bool | None:
+    """``--ar-int8`` value -> Overrides.ar_int8: ``auto``/None -> None, ``on`` -> True, ``off`` -> False."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", ""):
+        return None
+    if text in ("on", "1", "true", "yes"):
+        return True
+    if text in ("off", "0", "false", "no"):
+        return False
+    raise UserError(f"--ar-int8 takes auto, on or off, not {value!r}")

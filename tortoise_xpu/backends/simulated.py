@@ -15,12 +15,15 @@ from typing import Mapping
 
 import torch
 
-from tortoise_xpu.backends.base import AuditRules, Capabilities, MemoryInfo, Quirks
+from tortoise_xpu.backends.base import AuditRules, Capabilities, CPUFeatures, MemoryInfo, Quirks
 from tortoise_xpu.backends.cpu import CPUBackend
 
-__all__ = ["SIM_BY_KEY", "SIM_DEVICES", "SimDevice", "SimulatedBackend", "TYPICAL_DEVICES"]
+__all__ = ["AVX2_CPU", "SIM_BY_KEY", "SIM_DEVICES", "SimDevice", "SimulatedBackend", "TYPICAL_DEVICES"]
 
 GiB = 1 << 30
+
+#: An AVX2-only CPU (AMD Zen 1): no bfloat16 or int8 dot-product instructions; the simulated CPU's default.
+AVX2_CPU = CPUFeatures(flags=frozenset({"avx2"}), int8_kernel=True, source="simulated AVX2-only CPU")
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,13 @@ class SimDevice:
     is_cpu: bool = False
     cuda_major: int = 8
     macos: int = 14
+    cpu: CPUFeatures | None = None  # the host CPU's features (cpu only; None: an AVX2-only CPU)
 
     def capabilities(self) -> Capabilities:
         """What the policy sees of this device (graph capture off: nothing simulated can capture)."""
         return Capabilities(self.backend, float16=self.fp16, bfloat16=self.bf16, float64=self.fp64,
                             complex=self.complex, unified_memory=self.unified_memory, is_cpu=self.is_cpu,
-                            weight_first_gemm=self.is_cpu)
+                            weight_first_gemm=self.is_cpu, cpu=(self.cpu or AVX2_CPU) if self.is_cpu else None)
 
     def memory(self) -> MemoryInfo:
         return MemoryInfo(self.total, self.free)
@@ -77,7 +81,7 @@ SIM_DEVICES: tuple[SimDevice, ...] = (
               16 * GiB, None, fp64=False, unified_memory=True),
     SimDevice("directml", "DirectML GPU (no memory figures)", "directml", "AMD Radeon RX 6600",
               None, None, bf16=False, fp64=False, complex=False),
-    SimDevice("cpu", "CPU only (16 GiB RAM, 12 GiB available)", "cpu", "x86_64",
+    SimDevice("cpu", "CPU only, AVX2 (16 GiB RAM, 12 GiB available)", "cpu", "x86_64",
               16 * GiB, 12 * GiB, unified_memory=True, is_cpu=True),
 )
 SIM_BY_KEY: Mapping[str, SimDevice] = {d.key: d for d in SIM_DEVICES}

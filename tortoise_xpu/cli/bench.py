@@ -14,7 +14,8 @@ They go through the whole conditioning stage, as real clips do.
 
 Models are loaded first and timed on their own (``model_load_s``); then one warm-up run
 (graph capture, allocator growth, kernel autotuning) unless ``--no-warmup``; then ``--repeat``
-timed runs, each device-synchronised per stage.  The median run (by total time) is reported:
+timed runs, each device-synchronised per stage.  The median is reported (total, CPU time and
+each stage the median over the runs; with an even count the mean of the middle two):
 total and per-stage seconds, AR ms per decode step of one batch and tokens/s over all
 candidates, the real-time factor (total / audio seconds), peak device memory (``None`` where the
 backend cannot say) and the host's peak RSS.  ``--json`` prints one JSON object; ``--compare``
@@ -95,8 +96,25 @@ def peak_rss_bytes() -> int | None:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
 def _median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=lambda r: r["total_s"])[(len(runs) - 1) // 2]
+    """The median of the runs: total, CPU time and each stage the median over runs (with an even
+    count, the mean of the middle two, so ``--repeat 2`` reports their mean, not the faster)."""
+    if len(runs) == 1:
+        return runs[0]
+    middle = sorted(runs, key=lambda r: r["total_s"])[(len(runs) - 1) // 2]
+    out = dict(middle)
+    out["total_s"] = _median([r["total_s"] for r in runs])
+    out["cpu_time_s"] = _median([r["cpu_time_s"] for r in runs])
+    stages = list(middle["stages"])
+    out["stages"] = {k: _median([r["stages"].get(k, 0.0) for r in runs]) for k in stages}
+    out["other_s"] = max(0.0, out["total_s"] - sum(out["stages"].values()))
+    return out
 
 
 def run_unit(tts: Any, unit: Unit, *, repeat: int = 1, warmup: bool = True, voice: list | None = None,

@@ -12,6 +12,9 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="override the backend policy's dtype for every stage")
     p.add_argument("--batch-size", type=int, default=None, help="override the AR batch size")
+    p.add_argument("--ar-int8", default="auto", choices=["auto", "on", "off"],
+                   help="int8 weights for the AR model's linears (CPU): auto = where the CPU has int8 "
+                        "dot-product instructions and they measured faster (see `tortoise-xpu devices`)")
     vram = p.add_mutually_exclusive_group()
     vram.add_argument("--low-vram", action="store_true", help="move each model to the device only for its stage")
     vram.add_argument("--high-vram", action="store_true", help="keep every model resident on the device")

@@ -101,5 +101,16 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(f"[green]{row['name']}{marker}[/green]", escape(device),
                       f"{_gib(row['free_memory'])} / {_gib(row['total_memory'])}",
                       " ".join(_SHORT.get(d, d) for d in row["dtypes"]), escape(row["policy_summary"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows:  # the CPU: which flags, which stage gets which dtype and why
+        cpu, policy = row.get("cpu_features"), row.get("policy")
+        if not cpu or not policy:
+            continue
+        measured = ", ".join(f"{k} {v:.2f}x" for k, v in cpu["speedups"].items()) or "nothing measured"
+        console.print(f"[bold]{row['name']}[/bold] CPU flags ({escape(cpu['source'])}): "
+                      f"{' '.join(cpu['flags']) or 'none of interest'}")
+        console.print(f"  kernel speed against float32: {escape(measured)}")
+        for stage, why in policy.get("precision_reasons", {}).items():
+            console.print(f"  {stage}: {escape(why)}")
     return 0

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="use the streaming path (one AR candidate, HiFi-GAN decoder from hifidecoder.pth; no "
                         "CLVP ranking, no diffusion) and report the time to first audio; writes the same WAV")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; as `bench --threads`)")
     add_voice_args(p)
     add_generation_args(p)
     add_device_args(p)
@@ -74,16 +76,29 @@ def run(args: argparse.Namespace) -> int:
     chunks = [text] if len(text) <= 300 else split_and_recombine_text(text)
     if not chunks:
         raise UserError("the text has nothing speakable in it")
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     tts = build_tts(args, progress)
-    import torch
 
     from tortoise_xpu.audio.io import save_wav
     from tortoise_xpu.audio.rates import SAMPLE_RATE
 
     if args.stream:
         return run_stream(args, tts, chunks, settings, seed, progress)
+    from tortoise_xpu.voices import resolve_voice, voice_search_path
+
+    resolve_voice(args.voice, voice_search_path(args.voices_dir))  # a bad voice fails before any loading
     with progress.running():
+        load_start = time.perf_counter()
+        names = ["autoregressive", "clvp", "diffusion", "vocoder"] + (["rlg_auto", "rlg_diffuser"]
+                                                                      if args.voice == "random" else [])
+        tts.load_models(names, candidates=int(settings["num_autoregressive_samples"]))
+        load_s = time.perf_counter() - load_start
         voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
         per_candidate: list[list[torch.Tensor]] = [[] for _ in range(args.candidates)]
         timings: dict[str, float] = {}
@@ -100,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = sum(w.shape[-1] for w in per_candidate[0]) / SAMPLE_RATE
     summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
-               "chunks": len(chunks), "checkpoints": tts.checkpoint_overrides()}
+               "chunks": len(chunks), "checkpoints": tts.checkpoint_overrides(), "model_load_s": round(load_s, 3),
+               "threads": torch.get_num_threads()}
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -120,8 +136,10 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
 
     with progress.running():
         voice = voice_inputs(tts, args.voice, args.voices_dir, seed)
-        for name in ("autoregressive", "hifidecoder"):
-            tts.model(name)  # load before the clock starts: time to first audio is synthesis time
+        load_start = time.perf_counter()
+        tts.load_models(["autoregressive", "hifidecoder"] + (["rlg_auto"] if args.voice == "random" else []),
+                        candidates=1)  # before the clock starts: time to first audio is synthesis time
+        load_s = time.perf_counter() - load_start
         parts: list[torch.Tensor] = []
         timings: dict[str, float] = {}
         first_audio = None
@@ -135,6 +153,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
                 parts.append(audio)
             for stage, sec in tts.last_report.stages.items():
                 timings[stage] = timings.get(stage, 0.0) + sec
+    total_s = time.perf_counter() - start
     wav = torch.cat(parts) if parts else torch.zeros(0)
     save_wav(args.output, wav.reshape(1, -1), SAMPLE_RATE, subtype="FLOAT" if args.float32 else "PCM_16")
     seconds = wav.numel() / SAMPLE_RATE
@@ -142,7 +161,9 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
                "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,
                "stream_chunks": len(parts), "policy": tts.last_report.policy,
                "stages": {k: round(v, 4) for k, v in timings.items()}, "chunks": len(chunks),
-               "checkpoints": tts.checkpoint_overrides()}
+               "checkpoints": tts.checkpoint_overrides(),
+               "model_load_s": round(load_s, 3), "threads": torch.get_num_threads(),
+               "total_s": round(total_s, 4), "rtf": round(total_s / seconds, 4) if seconds else None}
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:

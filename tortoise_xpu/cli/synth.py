@@ -64,13 +64,15 @@ class StageProgress:
 def build_tts(args: argparse.Namespace, progress: StageProgress | None = None, **policy: Any):
     """A ``TextToSpeech`` for the device / dtype / memory / models-dir / checkpoint flags; ``policy``:
     further ``TextToSpeech`` Policy keywords (``decode_mode``, ``compile``: bench)."""
+    from tortoise_xpu.backends.policy import parse_ar_int8
     from tortoise_xpu.cli.common import checkpoint_overrides
     from tortoise_xpu.pipeline import TextToSpeech
 
     return TextToSpeech(models_dir=args.models_dir, device=args.device, dtype=args.dtype,
                         batch_size=args.batch_size, low_vram=args.low_vram, high_vram=args.high_vram,
                         enable_redaction=not getattr(args, "disable_redaction", False), progress=progress,
-                        checkpoints=checkpoint_overrides(args), **policy)
+                        checkpoints=checkpoint_overrides(args), ar_int8=parse_ar_int8(getattr(args, "ar_int8", None)),
+                        **policy)
 
 
 def voice_inputs(tts, spec: str, voices_dirs: list[str], seed: int) -> dict[str, Any]:

@@ -142,6 +142,42 @@ class HifiganGenerator(nn.Module):
         # The last activation uses torch's default slope (0.01), not LRELU_SLOPE, as trained.
         return torch.tanh(self.conv_post(F.leaky_relu(h)))
 
+    @staticmethod
+    def latent_frames(latents: torch.Tensor) -> torch.Tensor:
+        """AR latents (B, T, C) → decoder input frames (B, C, floor(floor(4T) * 24000/22050)).
+
+        Linear interpolation ×4 then ×24000/22050 with the scale factors given (not recomputed),
+        so frame j depends only on the latents around j / 4.35, not on T, except within a few
+        frames of the end (see ``pipeline.stream_vocoder.stable_frames``).
+        """
+        frames = latents.transpose(1, 2)
+        for scale in LATENT_TO_FRAMES:
+            frames = F.interpolate(frames, scale_factor=[scale], mode="linear")
+        return frames
+
+    def receptive_field(self) -> int:
+        """Input frames on each side that can reach one output sample (an upper bound, from the config).
+
+        conv_pre (kernel 7) reaches 3 frames; each transposed conv at most ``ceil(k / u)`` samples of
+        its input rate; each multi-receptive-field fusion the reach of its widest residual block (the
+        sum of its convs' half-widths, dilations included) at its output rate; conv_post 3 samples.
+        A window decode with this many frames of context on each side equals the full decode.
+        """
+        cfg = self.config
+        if cfg.resblock_type == "1":
+            block_reach = max(sum((k - 1) * d // 2 + (k - 1) // 2 for d in dils)
+                              for k, dils in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+        else:
+            block_reach = max(sum((k - 1) * d // 2 for d in dils[:2])
+                              for k, dils in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+        reach, rate = 3.0, 1  # in input frames; samples per input frame at the current stage
+        for u, k in zip(cfg.upsample_factors, cfg.upsample_kernel_sizes):
+            reach += -(-k // u) / rate
+            rate *= u
+            reach += block_reach / rate
+        reach += 3 / rate
+        return int(reach) + 1
+
     @torch.no_grad()
     def inference(self, latents: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """AR latents (B, T, in_channels) and speaker latent ``g`` (B or 1, cond_channels) → (B, 1, samples).
@@ -150,9 +186,7 @@ class HifiganGenerator(nn.Module):
         then ×24000/22050 (→ 24 kHz frames), with the same scale factors the original passes, so
         the frame count is ``floor(floor(4T) * 24000/22050)`` and the output is 24 kHz audio.
         """
-        frames = latents.transpose(1, 2)
-        for scale in LATENT_TO_FRAMES:
-            frames = F.interpolate(frames, scale_factor=[scale], mode="linear")
+        frames = self.latent_frames(latents)
         if g is not None:
             g = g.reshape(-1, g.shape[-1]).unsqueeze(-1).to(frames.dtype)
         return self.forward(frames, g)

@@ -53,7 +53,18 @@ def _plain(dtype: torch.dtype, policy: Any, backend: Any) -> Preparation:
 
 
 def _prepare_autoregressive(dtype: torch.dtype, policy: Any, backend: Any) -> Preparation:
-    """The AR model in its stage dtype, its linears weight-first where the Policy says the device prefers it."""
+    """The AR model in its stage dtype, its linears weight-first where the Policy says the device
+    prefers it, or as int8 weights where the Policy chose them (CPUs where measured faster)."""
+    if getattr(policy, "ar_int8", False):
+        from tortoise_xpu.models.quant import quantize_ar_int8
+
+        one_thread = bool(getattr(policy, "ar_int8_one_thread", False))
+
+        def to_int8(m: nn.Module) -> nn.Module:
+            quantize_ar_int8(m, one_thread=one_thread)  # in place
+            return m
+
+        return Preparation(load_dtype=dtype, key=(dtype, "int8", one_thread), finish=to_int8)
     weight_first = bool(getattr(policy, "ar_weight_first", False))
     return Preparation(load_dtype=dtype, key=(dtype, "weight_first", weight_first),
                        finish=lambda m: m.use_weight_first_linears(weight_first))

@@ -5,23 +5,23 @@ candidate (no CLVP ranking, no diffusion) sampled by ``DecodeEngine.iter_decode`
 where the Policy has them; the codes are read back once per chunk or every ``STOP_CHECK_EVERY``
 codes, never per step, and steps run past the stop code are dropped), and a HiFi-GAN decoder that turns the AR
 model's final-norm hidden states straight into 24 kHz audio, conditioned on the 1024-d
-AR voice latent.  The decoder sees the *whole* latent sequence so far each time (its
-output near the end changes as more context arrives), so only the new part is emitted,
-crossfaded into what was already sent over ``overlap_wav_len`` samples.
+AR voice latent.  The decoder runs on a bounded window per chunk
+(:class:`~tortoise_xpu.pipeline.stream_vocoder.StreamVocoder`: the new frames plus its
+receptive field on each side) and emits only audio that later codes cannot change, so the
+chunks joined are exactly the full decode of the final latent sequence, with no crossfade
+(``overlap_wav_len`` is accepted for the original's signature and unused).
 
 Timing of the chunks, as the original: the first after ``max(stream_chunk_size, 60)``
 codes, then every ``stream_chunk_size`` codes, and the rest when the stop token comes.
-Unlike the original, the final chunk includes the last ``overlap_wav_len`` samples (the
-original holds them back for a crossfade that never comes), so the chunks add up to the
-full decode of the final latent sequence.
+Each chunk holds back its last ~0.23 s (the decoder's receptive field plus the interpolation's
+edge) until the next chunk or the end; unlike the original, nothing is dropped at the end.
 
 Random draws follow :meth:`TextToSpeech.tts` with one AR sample: same seed, same voice
 and settings → the same codes as ``tts(num_autoregressive_samples=1)``.
 
 :func:`stream_speech` is a composition of the stages (pipeline/conditioning.py for the AR voice
-latent, the AR model and a decode engine from the model store, pipeline/vocoding.py's
-:func:`~tortoise_xpu.pipeline.vocoding.hifigan_decode` per chunk) on one run's context; it knows
-nothing of ``TextToSpeech``.
+latent, the AR model and a decode engine from the model store, pipeline/stream_vocoder.py's
+windowed HiFi-GAN decode per chunk) on one run's context; it knows nothing of ``TextToSpeech``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
-from tortoise_xpu.pipeline import conditioning, vocoding
+from tortoise_xpu.pipeline import conditioning
 from tortoise_xpu.pipeline.context import RunContext
 from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 from tortoise_xpu.pipeline.store import weight_dtype
+from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
 from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
 
@@ -127,7 +128,7 @@ def stream_speech(store: Any, ctx: RunContext, text_tokens: torch.Tensor,
         voice_samples / conditioning_latents: the voice, as for ``tts()`` (only the AR latent is
             used); neither means a random voice.
         sampling / max_tokens: the AR settings and code budget; ``force`` ignores the stop token.
-        options: the chunk schedule.
+        options: the chunk schedule (``overlap`` is unused: the windowed decoder needs no crossfade).
         stats: a :class:`StreamStats` to fill in (time to first audio, codes).
 
     Nothing runs until the first ``next()``: the request was checked by the caller.
@@ -146,7 +147,6 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
     with ctx.timed("conditioning"):
         ar_latent = voice_latent(store, ctx, voice_samples, conditioning_latents).to(dev)
     u = uniforms(ctx.generator, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
-    fader = Crossfader(options.overlap)
     chunk_size = options.chunk_size
     due = max(chunk_size, options.first_buffer) if chunk_size > 0 else None
     n = 0  # codes kept (the stop code included)
@@ -157,6 +157,7 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
                                    cache_dtype=weight_dtype(ar), keep_hidden=True)
         report.decode_mode = engine.mode
         decoded = 0  # codes the last vocoder pass covered
+        vocoder = StreamVocoder(hifi, ar_latent)
         done = False
         try:
             while not done:
@@ -178,11 +179,11 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
                         done = stats.stopped or n == max_tokens
                         if done or n >= target:
                             break
-                with ctx.timed("hifigan"):
-                    # The whole latent sequence so far, every time: one call, so a windowed decode
-                    # can take its place; only the new part of its output is emitted.
-                    wav = vocoding.hifigan_decode(hifi, st.hidden[:, :n], ar_latent)
-                    chunk = fader.push(wav, final=done).cpu()
+                with ctx.timed("hifigan"), torch.no_grad():
+                    # (1, k, D): the state behind each new code; copied, the engine owns its buffer
+                    chunk = vocoder.push(st.hidden[:, decoded:n].clone())
+                    if done:
+                        chunk = torch.cat([chunk, vocoder.finish()])
                 decoded = n
                 due = chunk_size if chunk_size > 0 else None
                 if chunk.numel():

@@ -68,6 +68,8 @@ class TextToSpeech:
         decode_mode / compile: force the AR decode mode (``eager``, ``static``, ``graph``) and wrap
             its static step in ``torch.compile`` (benchmarks; default: the Policy's choice and
             ``$TORTOISE_XPU_DECODE`` / ``$TORTOISE_XPU_COMPILE``).
+        ar_int8: int8 weights for the AR model's linears: None lets the policy decide (CPUs with
+            int8 dot-product instructions where measured faster), True/False forces it.
 
     ``last_report`` is the :class:`RunReport` of the latest ``tts``/``tts_stream`` call made by the
     *calling thread* (each thread sees its own); a run's report is created when the call starts
@@ -79,7 +81,7 @@ class TextToSpeech:
                  graph_capture: bool | None = None, enable_redaction: bool = True, tokenizer_basic: bool = False,
                  auto_download: bool = True, progress: Progress | None = None,
                  checkpoints: Mapping[str, str | Path] | None = None, decode_mode: str | None = None,
-                 compile: bool | str | None = None):
+                 compile: bool | str | None = None, ar_int8: bool | None = None):
         from tortoise_xpu import assets
         from tortoise_xpu.backends import resolve
         from tortoise_xpu.backends.policy import Overrides
@@ -88,7 +90,8 @@ class TextToSpeech:
         self.device = self.backend.device
         self.models_dir = assets.models_dir(models_dir)
         self.overrides = Overrides(dtype=dtype, batch_size=batch_size, low_vram=low_vram, high_vram=high_vram,
-                                   graph_capture=graph_capture, decode_mode=decode_mode, compile=compile)
+                                   graph_capture=graph_capture, decode_mode=decode_mode, compile=compile,
+                                   ar_int8=ar_int8)
         self.enable_redaction = enable_redaction
         self.auto_download = auto_download
         self.progress = progress

@@ -1,0 +1,135 @@
+"""Streaming HiFi-GAN decoding over a bounded window: each chunk costs its own frames, not the whole sequence.
+
+The original's stream (and ours before this module) decodes *every latent so far* at each chunk
+and crossfades the new part in: at 200 codes and 40-code chunks that is 60 + 100 + 140 + 180 + 200
+= 680 codes of HiFi-GAN work for 200 codes of audio, growing quadratically with the length.
+
+:class:`StreamVocoder` decodes only a window: the frames it emits now plus the decoder's receptive
+field on each side (``HifiganGenerator.receptive_field()``, derived from the config: 15 input frames
+for the official decoder, 0.16 s of audio).  The decoder is a stack of non-causal convolutions, so
+an output sample depends only on the input frames within that reach; a window with that much
+context on both sides gives exactly the samples of the full decode (up to float summation order).
+The interpolation from latents to frames is recomputed over all latents (cheap: no weights) and
+only its *stable* frames are used: those that later latents can no longer change
+(:func:`stable_frames`).
+
+So each :meth:`StreamVocoder.push` emits the samples that are final (up to ``receptive_field`` +
+a few interpolation frames before the current end) and holds back the rest until more latents come
+or :meth:`StreamVocoder.finish` decodes the tail.  The emitted chunks joined are the full decode of
+the final latent sequence (no crossfade needed, nothing provisional is ever played), at a cost of
+about (new frames + 2 x receptive field) per chunk.
+
+Usage (any producer of AR latents)::
+
+    voc = StreamVocoder(hifi, speaker_latent)
+    for latents in new_latents_per_chunk:      # (1, k, 1024) each
+        play(voc.push(latents))
+    play(voc.finish())
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tortoise_xpu.models.hifigan import LATENT_TO_FRAMES
+
+__all__ = ["StreamVocoder", "stable_frames", "frame_count"]
+
+
+def _interp_stable(stable_in: int, in_len: int, scale: float) -> int:
+    """Leading outputs of a ×``scale`` linear interpolation (align_corners=False, scale given) that
+    read only the first ``stable_in`` of ``in_len`` inputs, with neither neighbour clamped at the end."""
+    out_len = int(math.floor(in_len * scale))
+    # output j reads inputs floor(src) and floor(src) + 1, src = (j + 0.5) / scale - 0.5 (clamped at 0)
+    # -> need floor(src) + 1 <= min(stable_in, in_len) - 1
+    limit = min(stable_in, in_len) - 2
+    if limit < 0:
+        return 0
+    # largest j with (j + 0.5) / scale - 0.5 < limit + 1, minus one frame for float rounding in the kernel
+    j = int(math.floor((limit + 1.5) * scale - 0.5))
+    return max(0, min(out_len, j - 1))
+
+
+def frame_count(codes: int) -> int:
+    """Decoder input frames for ``codes`` latents: ``floor(floor(4 codes) * 24000/22050)``."""
+    n = codes
+    for scale in LATENT_TO_FRAMES:
+        n = int(math.floor(n * scale))
+    return n
+
+
+def stable_frames(codes: int) -> int:
+    """How many leading frames of ``latent_frames`` of ``codes`` latents equal those of any longer sequence."""
+    stable, length = codes, codes
+    for scale in LATENT_TO_FRAMES:
+        stable = _interp_stable(stable, length, scale)
+        length = int(math.floor(length * scale))
+    return stable
+
+
+class StreamVocoder:
+    """Incremental HiFi-GAN decoding of a growing latent sequence (see the module docstring).
+
+    Args:
+        hifi: a ``HifiganGenerator`` (its ``latent_frames``, ``receptive_field`` and ``forward``).
+        speaker: the AR voice latent (1, cond_channels) the decoder is conditioned on.
+        context: frames of context on each side of a window (default: the decoder's receptive field).
+
+    :meth:`push` takes new latents (1, k, C) and returns the new final samples as a 1-D float32 CPU
+    tensor (possibly empty); :meth:`finish` returns the rest.  ``emitted`` counts samples returned.
+    """
+
+    def __init__(self, hifi: torch.nn.Module, speaker: torch.Tensor, context: int | None = None):
+        self.hifi = hifi
+        self.context = int(hifi.receptive_field() if context is None else context)
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0, got {self.context}")
+        self.hop = int(hifi.config.hop_length)
+        self._dtype = next(hifi.parameters()).dtype
+        self._g = speaker.reshape(1, -1, 1).to(self._dtype) if speaker is not None else None
+        self._latents: list[torch.Tensor] = []
+        self.codes = 0            # latents received
+        self.done_frames = 0      # frames whose samples were returned
+        self.emitted = 0          # samples returned
+        self.decoded_frames = 0   # frames run through the decoder in all (windows included): the work done
+        self.finished = False
+
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        """Add latents (1, k, C) (k may be 0); return the samples that no later latent can change."""
+        if self.finished:
+            raise RuntimeError("push() after finish()")
+        if latents.numel():
+            self._latents.append(latents.detach())
+            self.codes += latents.shape[1]
+        return self._decode(final=False)
+
+    def finish(self) -> torch.Tensor:
+        """The remaining samples, up to the end of the full decode of everything pushed."""
+        out = self._decode(final=True)
+        self.finished = True
+        return out
+
+    @torch.no_grad()
+    def _decode(self, final: bool) -> torch.Tensor:
+        empty = torch.zeros(0, dtype=torch.float32)
+        if not self.codes:
+            return empty
+        total = frame_count(self.codes)
+        end = total if final else max(self.done_frames, stable_frames(self.codes) - self.context)
+        if end <= self.done_frames:
+            return empty
+        start = self.done_frames
+        lo = max(0, start - self.context)
+        hi = total if final else min(total, end + self.context)
+        seq = torch.cat(self._latents, dim=1) if len(self._latents) > 1 else self._latents[0]
+        self._latents = [seq]
+        # The interpolation over all latents (no weights: negligible next to the convolutions).
+        frames = self.hifi.latent_frames(seq.to(self._dtype))[:, :, lo:hi]
+        wav = self.hifi(frames, self._g)
+        self.decoded_frames += hi - lo
+        out = wav.reshape(-1)[(start - lo) * self.hop:(end - lo) * self.hop].float().cpu()
+        self.done_frames = end
+        self.emitted += out.numel()
+        return out
