@@ -10,7 +10,7 @@
 # then one device `run` with carry [".whl"] and timeout_s 600:
 #
 #     bash benchmarks/gpu_session.sh            # all steps, about 8 minutes on an H100
-#     bash benchmarks/gpu_session.sh bench      # or only some: tests bench modes profile parity
+#     bash benchmarks/gpu_session.sh bench      # or only some: tests bench modes compile stream serve profile parity
 #
 # Results land in $OUT (each step's log, results.json/.md of the standard set, per-mode AR runs,
 # the parity table); copy them into docs/performance.md and docs/parity.md with the device named.
@@ -49,17 +49,25 @@ run_step() {
                 python3 -m tortoise_xpu bench --models-dir "$WEIGHTS" --tokens 500 --repeat 2 \
                     --decode "$mode" --json --out "$OUT/ar-$mode.json" | tail -3
             done ;;
+        stream)  # streaming 200 codes at batch 1 (first audio, total, RTF), one warm-up stream first
+            python3 benchmarks/side_by_side.py ours-stream --weights "$WEIGHTS" --codes 200 --device cuda \
+                --threads 8 | tee "$OUT/stream.json" ;;
+        serve)   # continuous-batch rows against the single-run decode engine on CUDA (tiny and full-size AR)
+            python3 benchmarks/serve_gpu_check.py ;;
+        compile) # the 500-token unit with graphs over a torch.compile'd decode step
+            python3 -m tortoise_xpu bench --models-dir "$WEIGHTS" --tokens 500 --repeat 2 --decode graph \
+                --compile --json --out "$OUT/ar-graph-compile.json" | tail -3 ;;
         profile) # where the 500-token unit's device time goes, op by op (top operators, kernel count)
             python3 benchmarks/profile_run.py --models-dir "$WEIGHTS" --tokens 500 --json "$OUT/profile.json" ;;
         parity)  # the CUDA columns of the hardware-parity suite (tiny models)
             python3 -m pytest -q -p no:cacheprovider -m parity --device=cuda \
                 --parity-report="$OUT/parity-cuda.md" ;;
-        *) echo "unknown step $1 (steps: tests bench modes profile parity)" >&2; return 2 ;;
+        *) echo "unknown step $1 (steps: tests bench modes compile stream serve profile parity)" >&2; return 2 ;;
     esac
 }
 
 # Full-size random weights for the steps that time the pipeline, made once per machine.
-needs_weights() { case " ${steps[*]} " in *" bench "*|*" modes "*|*" profile "*|*" stream "*) return 0 ;; esac; return 1; }
+needs_weights() { case " ${steps[*]} " in *" bench "*|*" modes "*|*" compile "*|*" profile "*|*" stream "*) return 0 ;; esac; return 1; }
 if needs_weights && [ ! -f "$WEIGHTS/autoregressive.pth" ]; then
     python3 -m tortoise_xpu models random-weights --out "$WEIGHTS" --no-sha > "$OUT/weights.log" 2>&1 \
         || { echo "could not write the random weights (see weights.log)" >&2; exit 1; }

@@ -160,6 +160,7 @@ def ours_stream(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ar-int8", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--dtype", default=None)
+    p.add_argument("--device", default="cpu", help="our side's device (the original's stream runs on the CPU here)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -170,7 +171,7 @@ def ours_stream(argv: list[str]) -> int:
     from tortoise_xpu.pipeline.stream import StreamStats
 
     start = time.perf_counter()
-    tts = TextToSpeech(models_dir=a.weights, device="cpu", dtype=a.dtype, enable_redaction=False,
+    tts = TextToSpeech(models_dir=a.weights, device=a.device, dtype=a.dtype, enable_redaction=False,
                        auto_download=False, ar_int8=parse_ar_int8(a.ar_int8))
     tts.load_models(["autoregressive", "hifidecoder", "rlg_auto"], candidates=1)
     load_s = time.perf_counter() - start
