@@ -35,6 +35,11 @@ SILENT_PEAK = 1e-4      # -80 dBFS: refused at or below
 QUIET_PEAK = 1e-2       # -40 dBFS: warned below
 CLIP_LEVEL = 0.999      # a sample this close to full scale counts as clipped...
 CLIPPED_FRACTION = 1e-3  # ...and more than 0.1 % of them is a warning
+#: At most this many samples (frames x channels) are read from one file: 64 Mi float32 samples is
+#: 256 MB, 20 minutes of 24 kHz stereo.  The header's counts are checked before anything is read, so a
+#: small file that claims a huge rate, length or channel count cannot make the reader allocate them.
+MAX_SAMPLES = 1 << 26
+MAX_CHANNELS = 64
 
 
 class AudioWarning(UserWarning):
@@ -75,8 +80,11 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
         with sf.SoundFile(str(path)) as f:
             rate = int(f.samplerate)
             frames = -1 if max_seconds is None else max(1, math.ceil(max_seconds * rate))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
             total = int(f.frames)
+            _check_size(path, rate, total if frames < 0 else min(frames, total), int(f.channels))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:
         raise AudioError(f"{path}: not a readable audio file ({_why(exc)})") from None
     samples = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
@@ -90,6 +98,18 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
         except ValueError as exc:  # an odd or corrupt sample rate in the header
             raise AudioError(f"{path}: {exc}") from None
     return samples.clamp_(-1.0, 1.0).unsqueeze(0)
+
+
+def _check_size(path: Path, rate: int, frames: int, channels: int) -> None:
+    """Refuse, before reading, a file whose header promises more samples than :data:`MAX_SAMPLES`
+    (or more channels than :data:`MAX_CHANNELS`, or no usable rate)."""
+    if rate <= 0:
+        raise AudioError(f"{path}: not a readable audio file (sample rate {rate} Hz)")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{path}: {channels} channels; at most {MAX_CHANNELS} are read")
+    if frames * channels > MAX_SAMPLES:
+        raise AudioError(f"{path}: too long to read ({frames:,} frames x {channels} channels at {rate} Hz is more "
+                         f"than {MAX_SAMPLES:,} samples); cut the part you need into its own file")
 
 
 def _existing(path: str | os.PathLike) -> Path:

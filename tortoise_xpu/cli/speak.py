@@ -9,6 +9,7 @@ import time
 
 from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
                                      read_text_input, tuning_overrides)
+from tortoise_xpu.pipeline.validate import positive_int_arg
 
 # Longer texts are split into sentences and spoken one after another; past this, use `read`.
 SPEAK_MAX_CHARS = 2000
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", nargs="?", help="the text to speak")
     p.add_argument("-f", "--file", help="read the text from a file ('-' for standard input)")
     p.add_argument("-o", "--output", default="tortoise.wav", help="output WAV (default: tortoise.wav)")
-    p.add_argument("-k", "--candidates", type=int, default=1,
+    p.add_argument("-k", "--candidates", type=positive_int_arg, default=1,
                    help="how many of the best candidates to write (output_1.wav, output_2.wav, ...)")
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM")
     p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")

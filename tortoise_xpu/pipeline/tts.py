@@ -26,6 +26,7 @@ import torch
 from tortoise_xpu.backends.audit import stage as audit_stage
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
+from tortoise_xpu.pipeline import validate
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
@@ -429,6 +430,7 @@ class TextToSpeech:
         ``diffusion_temperature``, ``sampler``), defaulting to the original ``tts()`` defaults.
         ``force_tokens``: generate exactly this many codes, ignoring the stop token (benchmarks).
         """
+        validate.check_tts_inputs(text, voice_samples, conditioning_latents, k, seed if seed is not None else use_deterministic_seed, force_tokens)  # noqa: E501
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
         seed = seed if seed is not None else use_deterministic_seed
         seed = int(time.time()) if seed is None else int(seed)
