@@ -27,7 +27,8 @@ import torch
 from tortoise_xpu.audio.resample import resample
 from tortoise_xpu.errors import AudioError, TortoiseError
 
-__all__ = ["AudioWarning", "load_audio", "save_wav", "audio_info", "MIN_SECONDS", "SHORT_SECONDS"]
+__all__ = ["AudioWarning", "load_audio", "save_wav", "audio_info", "check_audio_output", "write_audio", "STDOUT",
+           "MIN_SECONDS", "SHORT_SECONDS"]
 
 MIN_SECONDS = 0.25      # refused below this
 SHORT_SECONDS = 2.0     # warned below this (voice clips work best at 6-10 s)
@@ -160,7 +161,7 @@ def _inspect(samples: torch.Tensor, rate: int, path: Path, check: bool) -> None:
         warnings.warn(f"{path}: " + "; ".join(notes), AudioWarning, stacklevel=3)
 
 
-_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF"}
+_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".mp3": "MP3"}
 
 
 def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 24000,
@@ -207,3 +208,48 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 
             raise TortoiseError(f"cannot write {path}: {write_failure_reason(exc, tmp.parent, data.nbytes)}") \
                 from exc
     return path
+
+
+#: ``-o -``: write to standard output instead of a file.
+STDOUT = "-"
+
+
+def check_audio_output(target: str | os.PathLike) -> str:
+    """Check an audio output up front, before any synthesis; returns its format name.
+
+    ``-`` is standard output (WAV).  Otherwise the path must be writable as a regular file
+    (:func:`tortoise_xpu.fileio.check_writable`: encodable name within NAME_MAX / PATH_MAX, no device
+    node or FIFO replaced) and its extension must name a format of :mod:`tortoise_xpu.audio.encode`.
+    """
+    from tortoise_xpu.audio.encode import format_for_suffix
+    from tortoise_xpu.fileio import check_writable
+
+    if os.fspath(target) == STDOUT:
+        return "wav"
+    path = check_writable(target)
+    return format_for_suffix(path.suffix)
+
+
+#: libsndfile sample encoding per output format when writing a file.
+_FILE_SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS", "mp3": "MPEG_LAYER_III"}
+
+
+def write_audio(target: str | os.PathLike, wav: torch.Tensor, sr: int = 24000, *, float32: bool = False) -> str:
+    """Write audio where :func:`check_audio_output` allowed: in the format the extension names,
+    atomically (:func:`save_wav`), or as WAV bytes to standard output for ``-``.  ``float32`` writes
+    32-bit float WAV (other formats keep their own encoding).  Returns the target as a string."""
+    import sys
+
+    from tortoise_xpu.audio.encode import encode
+
+    fmt = check_audio_output(target)
+    if os.fspath(target) == STDOUT:
+        data = encode(wav, sr, fmt)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return STDOUT
+    subtype = "FLOAT" if float32 and fmt == "wav" else _FILE_SUBTYPES[fmt]
+    if subtype != "FLOAT":
+        wav = wav.clamp(-1.0, 1.0)  # lossy codecs distort beyond full scale as PCM would wrap
+    save_wav(target, wav, sr, subtype=subtype)
+    return os.fspath(target)

@@ -339,9 +339,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.cli.synth import build_tts
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.fileio import atomic_write_text
+    from tortoise_xpu.fileio import atomic_write_text, check_writable
     from tortoise_xpu.pipeline.presets import PRESETS
 
+    if args.out is not None:
+        check_writable(args.out)  # before minutes of benchmarking
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.tokens < 1 or args.candidates < 1:

@@ -31,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.voices import (average_latents, load_voice_clips, resolve_voice, save_latents,
                                      voice_search_path)
 
+    from tortoise_xpu.fileio import check_writable
+    from tortoise_xpu.voices import LATENT_SUFFIXES
+
+    # the output is checked before any clip is read or model loaded
+    if check_writable(args.output).suffix.lower() not in LATENT_SUFFIXES:
+        raise UserError(f"name the latents file {args.output}.pth: voices are found by the .pth extension")
     dirs = voice_search_path(args.voices_dir)
     clips, latents = [], []
     for spec in args.voice:

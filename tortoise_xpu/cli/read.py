@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.longform import read_chunks
     from tortoise_xpu.pipeline.presets import preset_settings
-    from tortoise_xpu.text.split import split_for_reading
+    from tortoise_xpu.text.split import speakable_chunks, split_for_reading
 
     text = read_text_input(None, args.file)
     desired, maximum = _parse_pair(args.text_split)
-    chunks = split_for_reading(text, desired, maximum)
+    chunks = speakable_chunks(split_for_reading(text, desired, maximum), source=args.file or "the text")
     if not chunks:
         raise UserError(f"{args.file} has nothing speakable in it")
     regenerate = _parse_regenerate(args.regenerate)

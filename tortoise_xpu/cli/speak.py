@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "characters, use `tortoise-xpu read` (resumable, one file per chunk).")
     p.add_argument("text", nargs="?", help="the text to speak")
     p.add_argument("-f", "--file", help="read the text from a file ('-' for standard input)")
-    p.add_argument("-o", "--output", default="tortoise.wav", help="output WAV (default: tortoise.wav)")
+    p.add_argument("-o", "--output", default="tortoise.wav",
+                   help="output file; .wav, .flac, .ogg or .mp3 chooses the format; '-' writes WAV to standard "
+                        "output (default: tortoise.wav)")
     p.add_argument("-k", "--candidates", type=positive_int_arg, default=1,
                    help="how many of the best candidates to write (output_1.wav, output_2.wav, ...)")
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.presets import preset_settings
-    from tortoise_xpu.text.split import split_and_recombine_text
+    from tortoise_xpu.text.split import speakable_chunks, split_and_recombine_text
 
     text = read_text_input(args.text, args.file)
     if not text.strip():
@@ -65,21 +67,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--candidates must be at least 1")
     if args.force_tokens is not None and not 1 <= args.force_tokens <= 600:
         raise UserError("--force-tokens must be in 1..600")
-    from tortoise_xpu.fileio import check_writable
+    from tortoise_xpu.audio.io import STDOUT, check_audio_output
 
+    if args.output == STDOUT and (args.candidates > 1 or args.json):
+        raise UserError("-o - writes the audio to standard output: it takes one candidate and no --json")
     for path in output_paths(args.output, args.candidates):
-        check_writable(path)  # a bad -o fails now, not after minutes of synthesis
+        check_audio_output(path)  # a bad -o (name, folder, device node, extension) fails now, not after synthesis
     if args.stream and args.candidates != 1:
         raise UserError("--stream makes one candidate; drop --candidates")
     seed = resolve_seed(args.seed)
     chunks = [text] if len(text) <= 300 else split_and_recombine_text(text)
     if not chunks:
         raise UserError("the text has nothing speakable in it")
+    # A chunk of only emoji or symbols is dropped with a warning (tts would refuse the whole text for it).
+    chunks = speakable_chunks(chunks, source="the text")
     progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     tts = build_tts(args, progress)
     import torch
 
-    from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.io import write_audio
 
     if args.stream:
         return run_stream(args, tts, chunks, settings, seed, progress)
@@ -94,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
             for stage, sec in tts.last_report.stages.items():
                 timings[stage] = timings.get(stage, 0.0) + sec
     paths = output_paths(args.output, args.candidates)
-    subtype = "FLOAT" if args.float32 else "PCM_16"
     for path, parts in zip(paths, per_candidate):
-        save_wav(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), 24000, subtype=subtype)
+        write_audio(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), 24000, float32=args.float32)
     seconds = sum(w.shape[-1] for w in per_candidate[0]) / 24000
     summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
@@ -113,7 +118,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
     """``speak --stream``: the text through ``tts_stream``, chunk by chunk, into one WAV."""
     import torch
 
-    from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.io import write_audio
     from tortoise_xpu.cli.synth import voice_inputs
     from tortoise_xpu.pipeline.stream import StreamStats
 
@@ -135,7 +140,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
             for stage, sec in tts.last_report.stages.items():
                 timings[stage] = timings.get(stage, 0.0) + sec
     wav = torch.cat(parts) if parts else torch.zeros(0)
-    save_wav(args.output, wav.reshape(1, -1), 24000, subtype="FLOAT" if args.float32 else "PCM_16")
+    write_audio(args.output, wav.reshape(1, -1), 24000, float32=args.float32)
     seconds = wav.numel() / 24000
     summary = {"outputs": [args.output], "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,

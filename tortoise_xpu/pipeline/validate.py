@@ -75,7 +75,7 @@ class Range:
         if self.kind == "choice":
             if isinstance(value, str) and value in self.choices:
                 return value
-            raise UserError(f"{what}; got {value!r}")
+            raise UserError(f"unknown {self.name} {value!r}; choose one of: {', '.join(self.choices)}")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise UserError(f"{what}; got {type(value).__name__} {value!r}")
         try:
