@@ -67,7 +67,7 @@ class Range:
         """``value`` as the setting's type (int / float / bool / str); UserError when out of range."""
         what = f"{self.name} must be {self.describe()}" + (f" ({self.why})" if self.why else "")
         if self.kind == "bool":
-            if isinstance(value, bool) or type(value).__name__ == "bool_":
+            if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):  # numpy's too
                 return bool(value)
             if isinstance(value, numbers.Integral) and int(value) in (0, 1):
                 return bool(value)
