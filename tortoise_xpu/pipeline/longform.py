@@ -99,10 +99,14 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); move it away to start the folder afresh") from None
+    from tortoise_xpu import safeload
+
+    try:  # size-bounded before it is read (safeload.MANIFEST)
+        data = safeload.load_json(path, safeload.MANIFEST, label=str(path))
+    except UserError as exc:
+        raise UserError(f"{exc}; move it away to start the folder afresh") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a manifest (a JSON object); move it away to start the folder afresh")
     if data.get("version") != MANIFEST_VERSION:
         raise UserError(f"{path} was written by an incompatible version; use a new output folder")
     return data
