@@ -461,10 +461,9 @@ def test_detect_and_text_argument_space(tiny_models_dir, capsys, clips, flags):
     assert code == 0 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [
-    ["speak", "Hello.", "--seed=-1"], ["speak", "Hello.", "--temperature=nan"], ["speak", "Hello.", "-o", "/dev/null"],
-    ["speak", "Hello.", "-o", "x" * 300 + ".wav"], ["speak", "Hello.", "--diffusion-iterations=0"],
-    ["speak", "Hello.", "-o", "a.xyz"], ["speak", "Hello.", "--seed", str(2**64)],
+@pytest.mark.parametrize("argv", [  # few: each real process pays torch's import (the rest run in-process above)
+    ["speak", "Hello.", "--temperature=nan"], ["speak", "Hello.", "-o", "x" * 300 + ".wav"],
+    ["speak", "Hello.", "--seed", str(2**64)],
 ])
 def test_cli_in_a_real_process_refuses_without_traceback(argv, tmp_path):
     """A few of the same cases as real processes: exit 2 and one line on stderr, before any model loads
