@@ -92,31 +92,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     never replaced), and the nearest existing folder must be a writable folder (missing folders
     below it are created when writing).
     """
-    raw = os.fspath(path)
-    if isinstance(raw, bytes):
-        raw = os.fsdecode(raw)
-    if not raw or not raw.strip():
-        raise UserError("the output file name is empty")
-    try:
-        raw.encode(sys.getfilesystemencoding(), "strict")
-    except UnicodeEncodeError:
-        shown = raw.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
-        raise UserError(f"cannot write {shown}: the name is not valid {sys.getfilesystemencoding()} "
-                        f"(a name in another encoding?); choose a name in plain text") from None
-    path = Path(raw)
-    # Lengths first: stat() of an over-long name fails with ENAMETOOLONG (os.path.* say False instead).
-    existing = path.parent
-    while not os.path.isdir(existing) and existing != existing.parent:
-        existing = existing.parent
-    name_max, path_max = _limits(existing)
-    for part in path.parts:
-        if len(os.fsencode(part)) > name_max:
-            raise UserError(f"cannot write {_short(path)}: the name {_short(part)} is {len(os.fsencode(part))} "
-                            f"bytes long; this filesystem allows {name_max}")
-    full = os.fsencode(os.path.abspath(path))
-    if len(full) >= path_max:
-        raise UserError(f"cannot write {_short(path)}: the path is {len(full)} bytes long; this filesystem "
-                        f"allows {path_max - 1}")
+    path, existing = _check_name(path)
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name")
     if os.path.lexists(path):
@@ -127,16 +103,64 @@ def check_writable(path: str | os.PathLike) -> Path:
         if mode is not None and not stat.S_ISREG(mode):
             raise UserError(f"cannot write {path}: it exists and is {_kind(mode)}, not a regular file; "
                             f"choose another name")
-    if os.path.lexists(existing) and not os.path.isdir(existing):
-        raise UserError(f"cannot write {path}: {existing} is a file, not a folder")
-    blocker = path.parent
-    while blocker != existing:  # a file where a folder of the path should be
+    _check_folders(path.parent, existing, path)
+    return path
+
+
+def check_writable_folder(path: str | os.PathLike, room: int = 64) -> Path:
+    """Like :func:`check_writable` for an output folder: an existing ``path`` must be a folder, and
+    ``room`` bytes are kept under PATH_MAX for the names of the files written inside it."""
+    path, existing = _check_name(path, room)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot write into {path}: it exists and is not a folder")
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write into {path}: no permission")
+        return path
+    _check_folders(path, existing, path)
+    return path
+
+
+def _check_name(path: str | os.PathLike, room: int = 0) -> tuple[Path, Path]:
+    """The checks of a name alone: encodable, NAME_MAX per component, PATH_MAX (less ``room``).
+    Returns the path and its nearest existing folder (``stat`` of an over-long name raises
+    ENAMETOOLONG, so the lengths are checked before anything asks the filesystem about it)."""
+    raw = os.fspath(path)
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw or not raw.strip():
+        raise UserError("the output name is empty")
+    try:
+        raw.encode(sys.getfilesystemencoding(), "strict")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise UserError(f"cannot write {shown}: the name is not valid {sys.getfilesystemencoding()} "
+                        f"(a name in another encoding?); choose a name in plain text") from None
+    path = Path(raw)
+    existing = path.parent
+    while not os.path.isdir(existing) and existing != existing.parent:
+        existing = existing.parent
+    name_max, path_max = _limits(existing)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise UserError(f"cannot write {_short(path)}: the name {_short(part)} is {len(os.fsencode(part))} "
+                            f"bytes long; this filesystem allows {name_max}")
+    full = os.fsencode(os.path.abspath(path))
+    if len(full) + room >= path_max:
+        raise UserError(f"cannot write {_short(path)}: the path is {len(full)} bytes long; this filesystem "
+                        f"allows {path_max - 1 - room}")
+    return path, existing
+
+
+def _check_folders(folder: Path, existing: Path, target: Path) -> None:
+    """No file where a folder of ``target`` should be, and write permission in the nearest existing one."""
+    blocker = folder
+    while blocker != existing and blocker != blocker.parent:
         if os.path.lexists(blocker):
-            raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
+            raise UserError(f"cannot write {target}: {blocker} is a file, not a folder")
         blocker = blocker.parent
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: no permission to write in {existing}")
-    return path
+        raise UserError(f"cannot write {target}: no permission to write in {existing}")
 
 
 def _limits(folder: Path) -> tuple[int, int]:

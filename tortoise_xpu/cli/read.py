@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
     from tortoise_xpu.errors import UserError
+    from tortoise_xpu.fileio import check_writable_folder
     from tortoise_xpu.pipeline.longform import read_chunks
     from tortoise_xpu.pipeline.presets import preset_settings
     from tortoise_xpu.text.split import speakable_chunks, split_for_reading
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.file} has nothing speakable in it")
     regenerate = _parse_regenerate(args.regenerate)
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} exists and is not a folder")
+    check_writable_folder(out)  # name, lengths, a file in the way, permissions: before any work
     settings = preset_settings(args.preset, **tuning_overrides(args))
     seed = args.seed
     if seed is None and out.is_dir():

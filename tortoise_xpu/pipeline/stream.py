@@ -29,6 +29,7 @@ import torch
 
 from tortoise_xpu.errors import UserError
 from tortoise_xpu.pipeline.decode import STOP_CHECK_EVERY
+from tortoise_xpu.pipeline import validate
 from tortoise_xpu.pipeline.presets import resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings, uniforms
 
@@ -133,6 +134,7 @@ def tts_stream(tts, text: str, voice_samples: Sequence[torch.Tensor] | None = No
         UserError: bad settings, or ``[bracketed]`` text while redaction is on (a stream cannot cut
             words it has already played; construct with ``enable_redaction=False`` to speak them).
     """
+    validate.check_tts_inputs(text, voice_samples, None, 1, seed, force_tokens)  # latents may be the AR one alone
     if overlap_wav_len < 0 or first_buffer < 0:
         raise UserError("overlap_wav_len and first_buffer must be >= 0")
     s, sampling, max_tokens = resolve_settings(settings, force_tokens)
