@@ -162,3 +162,20 @@ def test_too_many_archive_entries_and_oversize_files(tmp_path):
     torch.save((torch.zeros(1, 1024), torch.zeros(1, 5 << 20)), big)  # 20 MB > the 16 MB latents bound
     with pytest.raises(UserError, match="refused as unsafe"):
         load_latents(big)
+
+
+def test_oversized_tokenizer_is_refused_before_parsing(tmp_path):
+    from tortoise_xpu.text.tokenizer import VoiceBpeTokenizer
+
+    path = tmp_path / "tokenizer.json"
+    with open(path, "wb") as f:
+        f.truncate(17 << 20)  # sparse: 17 MB of nothing, over the 16 MB bound
+    with pytest.raises(ModelFileError, match="refused as unsafe"):
+        VoiceBpeTokenizer(path)
+
+
+def test_multi_candidate_names_keep_folder_dots():
+    from tortoise_xpu.cli.speak import output_paths
+
+    assert output_paths("my.dir/take.flac", 2) == ["my.dir/take_1.flac", "my.dir/take_2.flac"]
+    assert output_paths("out.wav", 1) == ["out.wav"]

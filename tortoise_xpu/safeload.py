@@ -36,7 +36,7 @@ import torch
 
 from tortoise_xpu.errors import UserError
 
-__all__ = ["Limits", "UnsafeFileError", "CorruptFileError", "LATENTS", "CHECKPOINT", "MEL_NORMS", "MANIFEST",
+__all__ = ["Limits", "UnsafeFileError", "CorruptFileError", "LATENTS", "CHECKPOINT", "MEL_NORMS", "MANIFEST", "TOKENIZER",
            "FLOAT_DTYPES", "WEIGHT_DTYPES", "check_archive", "check_tensors", "iter_tensors", "load_torch",
            "load_safetensors", "load_json", "check_file_size"]
 
@@ -103,6 +103,8 @@ CHECKPOINT = Limits(max_file_bytes=8 * _GIB, max_total_bytes=8 * _GIB, max_entry
 #: mel_norms.pth: 80 floats.
 MEL_NORMS = Limits(max_file_bytes=1 * _MIB, max_total_bytes=1 * _MIB, max_entry_bytes=1 * _MIB, max_tensors=4,
                    max_numel=4096, dtypes=FLOAT_DTYPES)
+#: tokenizer.json: the official one is 4.4 kB.
+TOKENIZER = Limits(max_file_bytes=16 * _MIB, max_total_bytes=16 * _MIB, max_entry_bytes=16 * _MIB)
 #: JSON manifests and similar small documents.
 MANIFEST = Limits(max_file_bytes=256 * _MIB, max_total_bytes=256 * _MIB, max_entry_bytes=256 * _MIB)
 

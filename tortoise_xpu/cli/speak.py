@@ -42,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def output_paths(output: str, k: int) -> list[str]:
+    """The files of ``k`` candidates: ``output`` itself for one, else ``NAME_1.EXT``, ``NAME_2.EXT``, ..."""
     if k == 1:
         return [output]
-    stem, dot, ext = output.rpartition(".")
-    if not dot:
-        stem, ext = output, "wav"
-    return [f"{stem}_{i + 1}.{ext}" for i in range(k)]
+    from pathlib import Path
+
+    p = Path(output)  # the stem of the file name only: a dot in a folder name is not an extension
+    return [str(p.with_name(f"{p.stem}_{i + 1}{p.suffix}")) for i in range(k)]
 
 
 def run(args: argparse.Namespace) -> int:
