@@ -16,7 +16,7 @@ import argparse
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from tortoise_xpu.errors import UserError
 
