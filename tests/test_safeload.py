@@ -179,3 +179,20 @@ def test_multi_candidate_names_keep_folder_dots():
 
     assert output_paths("my.dir/take.flac", 2) == ["my.dir/take_1.flac", "my.dir/take_2.flac"]
     assert output_paths("out.wav", 1) == ["out.wav"]
+
+
+def test_a_recompressed_archive_within_the_ratio_loads_correctly(tmp_path):
+    """An archive whose entries someone deflated (torch never does) is read unmapped, and gives the
+    same tensors (torch cannot map a compressed entry: "Trying to resize storage that is not resizable")."""
+    import zipfile
+
+    src = tmp_path / "plain.pth"
+    state = {"w": torch.randn(64, 64), "b": torch.arange(5)}
+    torch.save(state, src)
+    dst = tmp_path / "rlg_auto.pth"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    assert safeload.check_archive(dst, safeload.CHECKPOINT).compressed
+    loaded = load_state(dst)
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])

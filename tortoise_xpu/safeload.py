@@ -37,7 +37,7 @@ import torch
 from tortoise_xpu.errors import UserError
 
 __all__ = ["Limits", "UnsafeFileError", "CorruptFileError", "LATENTS", "CHECKPOINT", "MEL_NORMS", "MANIFEST", "TOKENIZER",
-           "FLOAT_DTYPES", "WEIGHT_DTYPES", "check_archive", "check_tensors", "iter_tensors", "load_torch",
+           "FLOAT_DTYPES", "WEIGHT_DTYPES", "Archive", "check_archive", "check_tensors", "iter_tensors", "load_torch",
            "load_safetensors", "load_json", "check_file_size"]
 
 _KIB, _MIB, _GIB = 1 << 10, 1 << 20, 1 << 30
@@ -128,11 +128,20 @@ def check_file_size(path: str | os.PathLike, limits: Limits, label: str | None =
     return st.st_size
 
 
-def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = None) -> bool:
+@dataclass(frozen=True)
+class Archive:
+    """What :func:`check_archive` found in a zip archive's directory."""
+
+    entries: int
+    unpacked_bytes: int
+    compressed: bool  # some entry is compressed (torch never writes one: such a file cannot be mapped)
+
+
+def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = None) -> Archive | None:
     """Bound what a zip archive (torch's ``.pth`` format) would unpack to, from its central directory.
 
-    Returns True for a zip archive that passes, False for a file that is not a zip archive (the
-    legacy torch format, or garbage; the caller decides).  Raises :class:`UnsafeFileError` for too
+    Returns an :class:`Archive` for a zip archive that passes, None for a file that is not a zip
+    archive (the legacy torch format, or garbage; the caller decides).  Raises :class:`UnsafeFileError` for too
     many or too large entries or an absurd compression ratio, :class:`CorruptFileError` for a
     broken archive.
     """
@@ -140,7 +149,7 @@ def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = N
     name = label or path.name
     size = check_file_size(path, limits, label)
     if not zipfile.is_zipfile(path):
-        return False
+        return None
     try:
         with zipfile.ZipFile(path) as zf:
             entries = zf.infolist()
@@ -151,11 +160,13 @@ def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = N
         raise UnsafeFileError(f"{name} was refused as unsafe: its archive has {len(entries)} entries, more "
                               f"than such a file holds ({limits.max_tensors + 16})")
     total = 0
+    compressed = False
     for e in entries:
         if e.file_size > limits.max_entry_bytes:
             raise UnsafeFileError(f"{name} was refused as unsafe: entry {e.filename!r} would unpack to "
                                   f"{_size(e.file_size)} (at most {_size(limits.max_entry_bytes)})")
         if e.compress_type != zipfile.ZIP_STORED:
+            compressed = True
             ratio = e.file_size / max(1, e.compress_size)
             if ratio > limits.max_ratio:
                 raise UnsafeFileError(f"{name} was refused as unsafe: entry {e.filename!r} is compressed "
@@ -167,8 +178,9 @@ def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = N
         total += e.file_size
     if total > limits.max_total_bytes or total > limits.max_ratio * size + _MIB:
         raise UnsafeFileError(f"{name} was refused as unsafe: its archive would unpack to {_size(total)} "
-                              f"from {_size(size)} on disk (at most {_size(min(limits.max_total_bytes, int(limits.max_ratio * size + _MIB)))})")
-    return True
+                              f"from {_size(size)} on disk (at most "
+                              f"{_size(min(limits.max_total_bytes, int(limits.max_ratio * size + _MIB)))})")
+    return Archive(entries=len(entries), unpacked_bytes=total, compressed=compressed)
 
 
 # ------------------------------------------------------------------------------------ tensors
@@ -264,12 +276,15 @@ def load_torch(path: str | os.PathLike, limits: Limits, label: str | None = None
     """
     path = Path(path)
     name = label or path.name
-    is_zip = check_archive(path, limits, label)
-    if not is_zip and not limits.allow_legacy:
+    archive = check_archive(path, limits, label)
+    if archive is None and not limits.allow_legacy:
         reason = "not a torch zip archive"
         raise CorruptFileError(f"{name} is not a torch file ({reason})", reason)
+    # Mapped where the storages lie in the file as they are (torch's own archives); a compressed
+    # entry (within the ratio bound) must be unpacked by the reader instead.
+    mmap = archive is not None and not archive.compressed
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
