@@ -477,3 +477,44 @@ def test_cli_in_a_real_process_refuses_without_traceback(argv, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@st.composite
+def _read_argv(draw):
+    argv = [f"{flag}={draw(FLAGS[flag])}" for flag in draw(st.lists(st.sampled_from(sorted(FLAGS)), max_size=3,
+                                                                      unique=True))]
+    if draw(st.booleans()):
+        argv.append("--text-split=" + draw(st.sampled_from(["200,300", "1,1", "0,5", "5,1", "x", "10", "-3,4",
+                                                             "50,60", "", ",", "1e9,1e9"])))
+    if draw(st.booleans()):
+        argv.append("--regenerate=" + draw(st.sampled_from(["1", "0", "-1", "2,x", "99", "1,1", "", "1-3"])))
+    text = draw(st.one_of(TEXT, st.sampled_from(["One. | Two.", "😀 | * * | Fine words.", ""])))
+    out = draw(st.sampled_from(["book", "/dev/null", "a" * 300, "b\udcff", "sub/book", "FILE"]))
+    return text, argv, out
+
+
+@settings(max_examples=int(40 * _SCALE), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(_read_argv())
+def test_read_and_text_argument_space(tiny_models_dir, fake_synth, capsys, argv_case):
+    """`read` (synthesis faked) and `text` over odd flags, texts and output folders: exit 0, 1 or 2,
+    never the bug path, and no partial chunk file left behind."""
+    import shutil
+
+    from tests.error_cases import run_cli
+
+    text, argv, out_name = argv_case
+    work = TMP / "read"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    book = work / "book.txt"
+    book.write_text(text, encoding="utf-8", errors="surrogatepass")
+    out = book if out_name == "FILE" else (Path(out_name) if out_name.startswith("/") else work / out_name)
+    code, _, err = run_cli(["read", book, "-o", out, "-q", "--models-dir", tiny_models_dir, *argv], capsys)
+    assert code in (0, 1, 2) and "Traceback" not in err and "run with --debug" not in err, (argv, err)
+    if os.path.isdir(out):
+        assert not [p.name for p in out.iterdir() if ".part" in p.name]
+    length_flags = [f"--desired-length={a.split('=', 1)[1].split(',')[0]}" for a in argv
+                    if a.startswith("--text-split=")]
+    code, _, err = run_cli(["text", "-f", book, "--split", *length_flags], capsys)
+    assert code in (0, 2) and "Traceback" not in err and "run with --debug" not in err, err
