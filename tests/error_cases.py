@@ -49,6 +49,7 @@ def _c(id, area, given, outcome, exit, shows, *expect):
 
 TEXT, AUDIO, ASSETS, RUNTIME = "Text", "Audio (voice clips)", "Assets and files", "Runtime"
 LONGFORM = "Long-form jobs (read, batch, --cluster)"
+SETTINGS = "Settings and output files"
 
 _CASES = [
     # ---------------------------------------------------------------------------------- text
@@ -77,7 +78,8 @@ _CASES = [
        "error: the text is 900 tokens long but the model reads at most 401 tokens at a time (...): split it "
        "with '|' between the parts, or use `tortoise-xpu read` (...)", r"tokens long", r"tortoise-xpu read"),
     _c("text.emoji_only", TEXT, "only emoji / symbols: `😀🎉`", "refused", 2,
-       "error: the text is empty after cleaning; nothing to say", r"empty after cleaning"),
+       "error: the text is empty after cleaning: nothing to say ('😀🎉' has no letters or digits once symbols and "
+       "emoji are dropped)", r"empty after cleaning"),
     _c("text.emoji_mixed", TEXT, "emoji between words: `good 😀 morning`", "cleaned", 0,
        "emoji have no spoken form and are dropped; the words are spoken"),
     _c("text.cjk", TEXT, "Chinese / Japanese / Korean: `你好世界`", "cleaned", 0,
@@ -169,9 +171,11 @@ _CASES = [
        r"checksum mismatch|differs"),
     _c("assets.malicious_pth", ASSETS, "a `.pth` that would run code when unpickled (model file or voice "
        "latents)", "refused", 2,
-       "error: autoregressive.pth was refused: it holds more than tensors (...); loading it could run code, so "
-       "only plain weight files are accepted · error: FILE is not a valid latents file (UnpicklingError: ...). "
-       "The code never runs (weights_only loading)", r"refused|not a valid latents file"),
+       "error: autoregressive.pth was refused as unsafe: it holds more than tensors (Unsupported global: GLOBAL "
+       "io.open), and unpickling that could run code; only plain weight files are accepted · a latents file in the "
+       "pre-1.6 pickle format: error: FILE is not a valid latents file (not a torch zip archive). The code never "
+       "runs (weights-only loading; torch's advice to turn that off is never shown)",
+       r"refused as unsafe|not a valid latents file"),
     _c("assets.latents_shape", ASSETS, "a latents `.pth` of the wrong shapes", "refused", 2,
        "error: conditioning latents of widths 7 and 9 do not fit these models (64 and 128): they were made "
        "with other model files · not (1, D) tensors: error: FILE has latents of shapes (3, 5) and (1, 9); "
@@ -243,6 +247,79 @@ _CASES = [
        "does not answer", "refused", 2,
        "error: cannot reach the running Ray cluster: <Ray's reason>; start one with `ray start --head` (or set "
        "RAY_ADDRESS), or run on this machine with --cluster local", r"cannot reach", r"--cluster local"),
+    # ------------------------------------------------------------- issue 16: reliability (round 2)
+    _c("text.unspeakable_chunk", TEXT, "a long run of emoji, `=` or `* ` between sentences (it becomes a chunk "
+       "of its own that cleans to nothing), in `speak` or `read`", "warned", 0,
+       "warning: skipping chunk 2 of 3 ('😀😀😀…'): nothing speakable after cleaning · the other chunks are "
+       "spoken", r"skipping chunk \d+ of \d+", r"nothing speakable after cleaning"),
+    _c("text.unspeakable_all", TEXT, "a long text whose every chunk cleans to nothing (only emoji / symbols)",
+       "refused", 2, "error: the text is empty after cleaning: nothing to say (chunk 1 of 3: '😀😀😀…' has no "
+       "letters or digits once symbols and emoji are dropped)", r"empty after cleaning", r"chunk 1 of \d+"),
+    _c("text.api_not_str", TEXT, "API: `tts(None)`, bytes or a number as the text", "refused", None,
+       "UserError: text must be a string; got NoneType", r"text must be a string"),
+    _c("text.tokens_split", TEXT, "`text 'Dr. Smith paid $7.50.' --tokens --split`", "accepted", 0,
+       "the cleaned text, its token ids and their count, then each chunk with its own ids"),
+    _c("audio.huge_header", AUDIO, "a clip whose header promises more samples than can be read (a huge rate, "
+       "length or channel count)", "refused", 2,
+       "error: FILE: too long to read (... frames x N channels at R Hz is more than 67,108,864 samples); cut the "
+       "part you need into its own file · error: FILE: 1000 channels; at most 64 are read",
+       r"too long to read|channels; at most"),
+    _c("audio.api_nan_clips", AUDIO, "API: `voice_samples` holding NaN or infinite samples (all-NaN clips), or "
+       "integer tensors", "refused", None,
+       "UserError: voice_samples[0] holds 22050 NaN or infinite values of 22050", r"NaN or infinite|floating point"),
+    _c("assets.expanded_tensor", ASSETS, "a small `.pth` (latents or checkpoint) holding a stride-0 or "
+       "overlapping view far larger than its storage (2 kB of storage viewed as 12 GB)", "refused", 2,
+       "error: FILE was refused as unsafe: tensor [0] is a view of 1.9 GB (shape (1, 500000000), strides (0, 0)) "
+       "over 2.0 kB of storage: an expanded or overlapping tensor ... · beyond the element cap: tensor [0] has "
+       "3,000,000,000 elements (...). Nothing is copied: the process grows by under 150 MB",
+       r"refused as unsafe", r"expanded or overlapping|elements"),
+    _c("assets.zip_bomb", ASSETS, "a `.pth` whose archive entries are compressed far beyond what torch writes "
+       "(a zip bomb), or would unpack beyond the limit of the file's kind", "refused", 2,
+       "error: FILE was refused as unsafe: entry 'archive/data/0' is compressed 1029:1 (509.6 kB unpacking to "
+       "512.0 MB), a zip bomb · latents: entry 'archive/data/0' would unpack to 512.0 MB (at most 16.0 MB)",
+       r"refused as unsafe", r"zip bomb|would unpack"),
+    _c("assets.latents_dtype", ASSETS, "latents of dtype int64, bool or complex; NaN or infinite latents (file, "
+       "or `conditioning_latents` through the API)", "refused", 2,
+       "error: FILE was refused as unsafe: tensor [0] has dtype int64; expected one of bfloat16, float16, float32, "
+       "float64 · error: FILE was refused: tensor [0] holds NaN or infinite values",
+       r"has dtype|NaN or infinite"),
+    _c("assets.safetensors_lying", ASSETS, "a `.safetensors` whose header lies: offsets past the end, a shape "
+       "that does not match its bytes, a huge shape, an unknown dtype, NaN weights", "refused", 2,
+       "error: clvp2.safetensors is truncated or corrupt (entry 'w' has offsets 0..1099511627776 that do not fit "
+       "its shape or the file); convert or fetch it again · error: clvp2.safetensors was refused as unsafe: "
+       "tensor w has dtype C64", r"truncated or corrupt|refused"),
+    _c("settings.seed_range", SETTINGS, "`--seed -1`, `--seed 18446744073709551616`, `--seed 1.5`; API "
+       "`seed=1.5`, `seed=True`, `seed=-1`", "refused", 2,
+       "tortoise-xpu speak: error: argument --seed: seed must be an integer 0 <= seed < 2**63; got -1 (see "
+       "tortoise-xpu speak --help) · API: UserError: seed must be an integer 0 <= seed < 2**63; got float 1.5",
+       r"seed must be an integer 0 <= seed < 2\*\*63|is not an integer"),
+    _c("settings.knob_range", SETTINGS, "a knob out of range or not finite: `--diffusion-iterations 0`, "
+       "`--temperature nan` / `inf`, `--length-penalty nan`, `--cond-free-k nan`, `--top-p 0`, `-k 0` (API: the "
+       "same keywords, checked before any model loads)", "refused", 2,
+       "tortoise-xpu speak: error: argument --temperature: temperature must be a finite number > 0 and <= 100 "
+       "(AR sampling temperature); got nan (see tortoise-xpu speak --help)",
+       r"must be (a finite number|an integer)|is not an integer"),
+    _c("settings.output_not_regular", SETTINGS, "`-o` naming a device node (`/dev/null`), a FIFO or a socket",
+       "refused", 2, "error: cannot write /dev/null: it exists and is a character device, not a regular file; "
+       "choose another name (checked before any synthesis; never replaced)", r"not a regular file"),
+    _c("settings.output_name", SETTINGS, "`-o` with a name over NAME_MAX (300 characters), a path over "
+       "PATH_MAX, or bytes that are not valid in the filesystem encoding (non-UTF-8)", "refused", 2,
+       "error: cannot write aaa…: the name aaa… is 304 bytes long; this filesystem allows 255 · error: cannot "
+       "write b\\udcff.wav: the name is not valid utf-8 (a name in another encoding?); choose a name in plain text",
+       r"bytes long; this filesystem allows|is not valid utf-8"),
+    _c("settings.output_long_name", SETTINGS, "`-o` with a long name within NAME_MAX (240 characters)", "accepted",
+       0, "written (the temporary file's name is bounded, so it fits as well)"),
+    _c("settings.output_format", SETTINGS, "`-o out.mp3`, `out.flac`, `out.ogg`, `out.wav`", "accepted", 0,
+       "encoded as the extension says (MP3 under .mp3, not WAV bytes)"),
+    _c("settings.output_unknown_format", SETTINGS, "`-o out.xyz`, or a name without an extension", "refused", 2,
+       "error: cannot tell the audio format from '.xyz': end the output name with .wav, .flac, .ogg, .opus, .mp3 or .pcm",
+       r"cannot tell the audio format"),
+    _c("settings.output_stdout", SETTINGS, "`-o -`", "accepted", 0,
+       "the WAV goes to standard output, messages to standard error; with `-k 2` or `--json`: error: -o - writes "
+       "the audio to standard output: it takes one candidate and no --json"),
+    _c("settings.detect_some_bad", SETTINGS, "`detect good.wav bad.wav`", "refused", 2,
+       "good.wav: 3.1% (likely not Tortoise) on standard output, then error: bad.wav: not a readable audio file "
+       "(...); exit 2", r"^error: .*bad\.wav"),
 ]
 
 CASES: dict[str, Case] = {c.id: c for c in _CASES}
@@ -252,18 +329,18 @@ assert len(CASES) == len(_CASES), "duplicate case id"
 # ------------------------------------------------------------------------------------ the doc
 
 def render_table() -> str:
-    """The generated part of docs/errors.md: one table per area."""
+    """The generated part of docs/errors.md: one table per area (in order of first appearance)."""
     out = [BEGIN, ""]
-    area = None
+    areas: dict[str, list[Case]] = {}  # cases appended later in the list join their area's table
     for c in _CASES:
-        if c.area != area:
-            if area is not None:
-                out.append("")
-            area = c.area
-            out += [f"### {area}", "", "| case | input | outcome | exit | what the user sees |",
-                    "|---|---|---|---|---|"]
-        code = "—" if c.exit is None else str(c.exit)
-        out.append(f"| `{c.id}` | {_cell(c.given)} | {c.outcome} | {code} | {_cell(c.shows)} |")
+        areas.setdefault(c.area, []).append(c)
+    for n, (area, cases) in enumerate(areas.items()):
+        if n:
+            out.append("")
+        out += [f"### {area}", "", "| case | input | outcome | exit | what the user sees |", "|---|---|---|---|---|"]
+        for c in cases:
+            code = "—" if c.exit is None else str(c.exit)
+            out.append(f"| `{c.id}` | {_cell(c.given)} | {c.outcome} | {code} | {_cell(c.shows)} |")
     out += ["", END]
     return "\n".join(out) + "\n"
 

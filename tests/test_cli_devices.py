@@ -82,6 +82,23 @@ def test_table_shows_reasons_and_the_policy(capsys, monkeypatch):
     assert "CPU flags" in out and "avx2" in out and "no bfloat16 instructions" in out
 
 
+def test_table_fits_80_columns(capsys, monkeypatch):
+    """At 80 columns no line overflows, nothing is cut with an ellipsis, and each reason a backend is
+    unavailable reads as prose (not one word per line in a narrow cell)."""
+    from tests.simdevices import hide_accelerators
+
+    hide_accelerators(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in out
+    reason_lines = [line for line in lines if "hidden by the device simulation" in line]
+    assert len(reason_lines) >= 3  # one per hidden accelerator, each on its own line
+    assert len(lines) < 30
+
+
 def test_installed_entry_point_prints_parseable_json():
     exe = shutil.which("tortoise-xpu")
     cmd = [exe] if exe else [sys.executable, "-m", "tortoise_xpu"]

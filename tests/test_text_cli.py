@@ -31,8 +31,10 @@ def test_split_from_file(tmp_path, capsys):
     f.write_text(text, encoding="utf-8")
     assert main(["text", "-f", str(f), "--split"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) > 1 and lines[0].startswith("[1] Sentence number 0 is here.")
-    assert all(len(line.split("] ", 1)[1]) <= 300 for line in lines)
+    assert lines[0].startswith("sentence number zero is here.")  # the cleaned text first
+    chunks = [line for line in lines if line.startswith("[")]
+    assert len(chunks) > 1 and chunks[0].startswith("[1] Sentence number 0 is here.")
+    assert all(len(line.split("] ", 1)[1]) <= 300 for line in chunks)
 
 
 def test_json_without_tokens(capsys):
@@ -63,6 +65,23 @@ def test_too_long_text_is_flagged(official_data, capsys):
     assert main(["text", text, "--tokens", "--models-dir", str(official_data)]) == 0
     out = capsys.readouterr().out
     assert "note: the text is" in out and "tortoise-xpu read" in out
+
+
+def test_tokens_and_split_print_the_cleaned_text_and_every_id(tiny_models_dir, capsys):
+    """The README's `text 'Dr. Smith paid $7.50.' --tokens --split`: the cleaned text, its ids, and
+    each chunk with its ids (issue 16: it printed neither the cleaned text nor the ids)."""
+    from tortoise_xpu.text.tokenizer import VoiceBpeTokenizer
+
+    assert main(["text", "Dr. Smith paid $7.50. | Thanks.", "--tokens", "--split",
+                 "--models-dir", str(tiny_models_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    tok = VoiceBpeTokenizer(f"{tiny_models_dir}/tokenizer.json")
+    assert lines[0] == "doctor smith paid seven dollars, fifty cents. | thanks."
+    assert lines[1] == " ".join(map(str, tok.encode(lines[0], clean=False)))
+    assert lines[2].endswith("tokens (one pass reads at most 401)")
+    assert lines[3].startswith("[1] Dr. Smith paid $7.50.") and lines[5].startswith("[2] Thanks.")
+    assert lines[4].strip() == " ".join(map(str, tok.encode("Dr. Smith paid $7.50.")))
+    assert lines[6].strip() == " ".join(map(str, tok.encode("Thanks.")))
 
 
 def test_empty_text_is_an_error(capsys):

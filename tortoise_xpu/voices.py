@@ -73,19 +73,21 @@ def _voice_files(folder: Path) -> list[Path]:
 
 def load_latents(path: str | os.PathLike,
                  dims: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a conditioning-latents file safely (weights_only) and check its shapes.
+    """Read a conditioning-latents file safely (:func:`tortoise_xpu.safeload.load_torch`) and check its shapes.
 
     ``dims``: the expected (AR, diffusion) widths; None accepts any widths (the pipeline checks them
     against its models), and the official models' are (1024, 2048).
     """
+    from tortoise_xpu import safeload
+
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"latents file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"latents file not found: {path}") from None
-    except Exception as exc:  # unpickling refused or a corrupt file
-        first = (str(exc).strip().splitlines() or ["empty or unreadable"])[0][:200]  # an empty file has no message
-        raise UserError(f"{path} is not a valid latents file ({type(exc).__name__}: {first})") from None
+        # bounded, weights-only, memory-mapped; float dtypes only, finite values, no expanded views
+        obj = safeload.load_torch(path, safeload.LATENTS, label=str(path))
+    except safeload.CorruptFileError as exc:
+        raise UserError(f"{path} is not a valid latents file ({exc.reason})") from None
     want = dims or (AR_LATENT_DIM, DIFFUSION_LATENT_DIM)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
         raise UserError(f"{path} must hold a tuple (ar_latent (1, {want[0]}), "
@@ -93,7 +95,8 @@ def load_latents(path: str | os.PathLike,
     shapes = [tuple(t.shape) for t in obj]
     ok = all(t.dim() == 1 or (t.dim() == 2 and t.shape[0] == 1) for t in obj) and all(t.numel() for t in obj)
     if ok:
-        ar, diff = (t.detach().float().reshape(1, -1) for t in obj)
+        # a copy: the loaded tensors are mapped from the file, which may be replaced later
+        ar, diff = (t.detach().to(torch.float32, copy=True).reshape(1, -1) for t in obj)
         ok = dims is None or (ar.shape[1], diff.shape[1]) == tuple(dims)
     if not ok:
         raise UserError(f"{path} has latents of shapes {shapes[0]} and {shapes[1]}; "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tortoise_xpu.errors import UserError
+from tortoise_xpu.errors import TortoiseError, UserError
 
 __all__ = ["FORMATS", "CONTENT_TYPES", "encode", "format_for_suffix", "available_formats", "pcm16",
            "wav_stream_header", "to_mono_float"]
@@ -54,7 +54,10 @@ def format_for_suffix(suffix: str) -> str:
     """
     key = suffix.lower() if suffix.startswith(".") else "." + suffix.lower()
     if key not in _SUFFIXES:
-        raise UserError(f"cannot write audio as {suffix or '(no suffix)'!r}; use one of: {', '.join(_SUFFIXES)}")
+        shown = f"'{suffix}'" if suffix else "no extension"
+        names = list(_SUFFIXES)
+        raise UserError(f"cannot tell the audio format from {shown}: end the output name with "
+                        f"{', '.join(names[:-1])} or {names[-1]}")
     return _SUFFIXES[key]
 
 
@@ -115,6 +118,9 @@ def encode(wav: Any, sample_rate: int, fmt: str) -> bytes:
         raise UserError(f"Opus cannot carry {sample_rate} Hz audio; it takes {', '.join(map(str, _OPUS_RATES))}")
     import soundfile as sf
 
+    if hasattr(wav, "detach") and not bool(wav.detach().isfinite().all()):
+        # A failure upstream: refuse rather than write silence where the NaNs were.
+        raise TortoiseError("refusing to encode audio holding NaN or infinite samples")
     container, subtype = FORMATS[fmt]  # type: ignore[misc]
     buf = io.BytesIO()
     sf.write(buf, to_mono_float(wav), int(sample_rate), format=container, subtype=subtype)

@@ -27,7 +27,8 @@ import torch
 from tortoise_xpu.audio.resample import resample
 from tortoise_xpu.errors import AudioError, TortoiseError
 
-__all__ = ["AudioWarning", "load_audio", "save_wav", "audio_info", "MIN_SECONDS", "SHORT_SECONDS"]
+__all__ = ["AudioWarning", "load_audio", "save_wav", "audio_info", "check_audio_output", "write_audio", "STDOUT",
+           "MIN_SECONDS", "SHORT_SECONDS"]
 
 MIN_SECONDS = 0.25      # refused below this
 SHORT_SECONDS = 2.0     # warned below this (voice clips work best at 6-10 s)
@@ -35,6 +36,11 @@ SILENT_PEAK = 1e-4      # -80 dBFS: refused at or below
 QUIET_PEAK = 1e-2       # -40 dBFS: warned below
 CLIP_LEVEL = 0.999      # a sample this close to full scale counts as clipped...
 CLIPPED_FRACTION = 1e-3  # ...and more than 0.1 % of them is a warning
+#: At most this many samples (frames x channels) are read from one file: 64 Mi float32 samples is
+#: 256 MB, 20 minutes of 24 kHz stereo.  The header's counts are checked before anything is read, so a
+#: small file that claims a huge rate, length or channel count cannot make the reader allocate them.
+MAX_SAMPLES = 1 << 26
+MAX_CHANNELS = 64
 
 
 class AudioWarning(UserWarning):
@@ -75,8 +81,11 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
         with sf.SoundFile(str(path)) as f:
             rate = int(f.samplerate)
             frames = -1 if max_seconds is None else max(1, math.ceil(max_seconds * rate))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
             total = int(f.frames)
+            _check_size(path, rate, total if frames < 0 else min(frames, total), int(f.channels))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:
         raise AudioError(f"{path}: not a readable audio file ({_why(exc)})") from None
     samples = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
@@ -90,6 +99,18 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, *, max_seconds: floa
         except ValueError as exc:  # an odd or corrupt sample rate in the header
             raise AudioError(f"{path}: {exc}") from None
     return samples.clamp_(-1.0, 1.0).unsqueeze(0)
+
+
+def _check_size(path: Path, rate: int, frames: int, channels: int) -> None:
+    """Refuse, before reading, a file whose header promises more samples than :data:`MAX_SAMPLES`
+    (or more channels than :data:`MAX_CHANNELS`, or no usable rate)."""
+    if rate <= 0:
+        raise AudioError(f"{path}: not a readable audio file (sample rate {rate} Hz)")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{path}: {channels} channels; at most {MAX_CHANNELS} are read")
+    if frames * channels > MAX_SAMPLES:
+        raise AudioError(f"{path}: too long to read ({frames:,} frames x {channels} channels at {rate} Hz is more "
+                         f"than {MAX_SAMPLES:,} samples); cut the part you need into its own file")
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -140,7 +161,7 @@ def _inspect(samples: torch.Tensor, rate: int, path: Path, check: bool) -> None:
         warnings.warn(f"{path}: " + "; ".join(notes), AudioWarning, stacklevel=3)
 
 
-_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF"}
+_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".mp3": "MP3"}
 
 
 def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 24000,
@@ -187,3 +208,47 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 
             raise TortoiseError(f"cannot write {path}: {write_failure_reason(exc, tmp.parent, data.nbytes)}") \
                 from exc
     return path
+
+
+#: ``-o -``: write to standard output instead of a file.
+STDOUT = "-"
+
+
+def check_audio_output(target: str | os.PathLike) -> str:
+    """Check an audio output up front, before any synthesis; returns its format name.
+
+    ``-`` is standard output (WAV).  Otherwise the path must be writable as a regular file
+    (:func:`tortoise_xpu.fileio.check_writable`: encodable name within NAME_MAX / PATH_MAX, no device
+    node or FIFO replaced) and its extension must name a format of :mod:`tortoise_xpu.audio.encode`.
+    """
+    from tortoise_xpu.audio.encode import format_for_suffix
+    from tortoise_xpu.fileio import check_writable
+
+    if os.fspath(target) == STDOUT:
+        return "wav"
+    path = check_writable(target)
+    return format_for_suffix(path.suffix)
+
+
+def write_audio(target: str | os.PathLike, wav: torch.Tensor, sr: int = 24000, *, float32: bool = False) -> str:
+    """Write audio where :func:`check_audio_output` allowed: in the format the extension names,
+    atomically, or as WAV bytes to standard output for ``-``.  ``float32`` writes 32-bit float WAV
+    (other formats keep their own encoding).  Returns the target as a string."""
+    import sys
+
+    from tortoise_xpu.audio.encode import encode
+    from tortoise_xpu.fileio import atomic_write_bytes
+
+    fmt = check_audio_output(target)
+    if os.fspath(target) == STDOUT:
+        data = encode(wav, sr, fmt)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return STDOUT
+    if fmt == "wav":
+        if not float32:
+            wav = wav.clamp(-1.0, 1.0)  # 16-bit PCM would wrap beyond full scale
+        save_wav(target, wav, sr, subtype="FLOAT" if float32 else "PCM_16")
+    else:
+        atomic_write_bytes(target, encode(wav, sr, fmt))  # clipped to full scale by the encoder
+    return os.fspath(target)

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from tortoise_xpu.cli.common import add_device_args, add_models_dir_arg
+from tortoise_xpu.pipeline.validate import positive_int_arg, seed_arg
 
 DEFAULT_TEXT = "Hello world, this is a test."
 DEFAULT_SEED = 42
@@ -67,10 +68,10 @@ def register(subparsers) -> None:
     add_models_dir_arg(p)
     add_device_args(p)
     p.add_argument("--tokens", type=int, default=500, help="AR codes generated per candidate, forced (default 500)")
-    p.add_argument("--candidates", type=int, default=16, help="AR candidates (default 16)")
+    p.add_argument("--candidates", type=positive_int_arg, default=16, help="AR candidates (default 16)")
     p.add_argument("--preset", default="ultra_fast", help="generation preset (default ultra_fast)")
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"text to speak (default {DEFAULT_TEXT!r})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
+    p.add_argument("--seed", type=seed_arg, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     p.add_argument("--repeat", type=int, default=1, help="timed runs; the median is reported (default 1)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="one untimed run first (default: on)")
@@ -332,9 +333,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.cli.synth import build_tts
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.fileio import atomic_write_text
+    from tortoise_xpu.fileio import atomic_write_text, check_writable
     from tortoise_xpu.pipeline.presets import PRESETS
 
+    if args.out is not None:
+        check_writable(args.out)  # before minutes of benchmarking
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.tokens < 1 or args.candidates < 1:

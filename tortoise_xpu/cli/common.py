@@ -7,11 +7,13 @@ import argparse
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     """--device / --dtype / memory overrides, as every command that runs models takes them."""
+    from tortoise_xpu.pipeline.validate import positive_int_arg
+
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N, rocm, xpu, xpu:N, mps, directml, dml, dml:N (default: auto)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="override the backend policy's dtype for every stage")
-    p.add_argument("--batch-size", type=int, default=None, help="override the AR batch size")
+    p.add_argument("--batch-size", type=positive_int_arg, default=None, help="override the AR batch size")
     p.add_argument("--ar-int8", default="auto", choices=["auto", "on", "off"],
                    help="int8 weights for the AR model's linears (CPU): auto = where the CPU has int8 "
                         "dot-product instructions and they measured faster (see `tortoise-xpu devices`)")
@@ -37,27 +39,32 @@ def add_voice_args(p: argparse.ArgumentParser) -> None:
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     """The preset and the tuning knobs, named like the original's scripts/tortoise_tts.py flags."""
     from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, PRESETS
+    from tortoise_xpu.pipeline.validate import SAMPLER_NAMES, arg_type, seed_arg
 
     p.add_argument("-p", "--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help=f"generation preset (default: {DEFAULT_PRESET})")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: time-based, printed)")
+    # Each flag's type= checks its range (pipeline/validate.py): `--temperature nan` exits 2 at once.
+    p.add_argument("--seed", type=seed_arg, default=None,
+                   help="random seed, 0 <= seed < 2**63 (default: time-based, printed)")
     g = p.add_argument_group("tuning (override the preset)")
-    g.add_argument("--num-autoregressive-samples", type=int, default=None, help="AR candidates to sample")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--length-penalty", type=float, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=None)
-    g.add_argument("--max-mel-tokens", type=int, default=None, help="cap on generated codes (1..600)")
-    g.add_argument("--cvvp-amount", type=float, default=None)
-    g.add_argument("--diffusion-iterations", type=int, default=None)
+    g.add_argument("--num-autoregressive-samples", type=arg_type("num_autoregressive_samples"), default=None,
+                   help="AR candidates to sample")
+    g.add_argument("--temperature", type=arg_type("temperature"), default=None)
+    g.add_argument("--top-p", type=arg_type("top_p"), default=None)
+    g.add_argument("--top-k", type=arg_type("top_k"), default=None)
+    g.add_argument("--length-penalty", type=arg_type("length_penalty"), default=None)
+    g.add_argument("--repetition-penalty", type=arg_type("repetition_penalty"), default=None)
+    g.add_argument("--max-mel-tokens", type=arg_type("max_mel_tokens"), default=None,
+                   help="cap on generated codes (1..600)")
+    g.add_argument("--cvvp-amount", type=arg_type("cvvp_amount"), default=None)
+    g.add_argument("--diffusion-iterations", type=arg_type("diffusion_iterations"), default=None)
     cf = g.add_mutually_exclusive_group()
     cf.add_argument("--cond-free", dest="cond_free", action="store_true", default=None)
     cf.add_argument("--no-cond-free", dest="cond_free", action="store_false")
-    g.add_argument("--cond-free-k", type=float, default=None)
-    g.add_argument("--diffusion-temperature", type=float, default=None)
-    g.add_argument("--sampler", default=None, choices=["p", "ddim", "dpm++2m"], help="diffusion sampler")
-    g.add_argument("--force-tokens", type=int, default=None,
+    g.add_argument("--cond-free-k", type=arg_type("cond_free_k"), default=None)
+    g.add_argument("--diffusion-temperature", type=arg_type("diffusion_temperature"), default=None)
+    g.add_argument("--sampler", default=None, choices=list(SAMPLER_NAMES), help="diffusion sampler")
+    g.add_argument("--force-tokens", type=arg_type("force_tokens"), default=None,
                    help="benchmark knob: ignore the stop token and generate exactly N codes")
     add_checkpoint_args(p)
 

@@ -23,21 +23,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Classify every clip that can be read; each clip that cannot gets its own error line.
+
+    Exit 0 when every clip was classified, 2 when any was refused (the others' results are still
+    printed), as for any bad input.
+    """
+    import sys
+
     from tortoise_xpu.audio.io import load_audio
     from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.backends import resolve
+    from tortoise_xpu.errors import UserError
     from tortoise_xpu.models.loading import load_model
 
     backend = resolve(args.device)
-    # bad files fail before the model loads; only the seconds the classifier reads are read
-    clips = [load_audio(p, SAMPLE_RATE, max_seconds=MAX_SECONDS) for p in args.clips]
-    model = backend.to_device(load_model("classifier", args.models_dir))
-    rows = [{"clip": path, "tortoise_probability": round(model.classify(clip, max_samples=SAMPLE_RATE * MAX_SECONDS), 4)}
-            for path, clip in zip(args.clips, clips)]
+    # bad files are found before the model loads; only the seconds the classifier reads are read
+    clips: dict[int, object] = {}
+    errors: dict[int, str] = {}
+    for i, path in enumerate(args.clips):
+        try:
+            clips[i] = load_audio(path, SAMPLE_RATE, max_seconds=MAX_SECONDS)
+        except UserError as exc:
+            errors[i] = " ".join(str(exc).split())
+    probs: dict[int, float] = {}
+    if clips:
+        model = backend.to_device(load_model("classifier", args.models_dir))
+        probs = {i: round(model.classify(clip, max_samples=SAMPLE_RATE * MAX_SECONDS), 4) for i, clip in clips.items()}
+    rows = [{"clip": path, "tortoise_probability": probs[i]} if i in probs else {"clip": path, "error": errors[i]}
+            for i, path in enumerate(args.clips)]
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
+    for r in rows:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+        elif not args.json:
             verdict = "likely Tortoise" if r["tortoise_probability"] > 0.5 else "likely not Tortoise"
             print(f"{r['clip']}: {r['tortoise_probability']:.1%} ({verdict})")
-    return 0
+    return 2 if errors else 0

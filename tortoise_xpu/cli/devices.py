@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from tortoise_xpu.cli.common import add_device_args
+from tortoise_xpu.pipeline.validate import positive_int_arg
 
 _FALLBACK_CANDIDATES = 96  # the 'fast' preset, the CLI default
 
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "memory, supported dtypes, and the run policy it would choose for the official models.",
     )
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per backend")
-    p.add_argument("--candidates", type=int, default=None,
+    p.add_argument("--candidates", type=positive_int_arg, default=None,
                    help="AR candidates the policy is sized for (default: the default preset's)")
     add_device_args(p)
     p.set_defaults(func=run)
@@ -84,25 +85,36 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    # Usable backends in a table; the others as "name: why not" lines below it, which wrap as prose.
+    # (A reason in a table cell wrapped one word per line at 80 columns.)
+    console = Console()
     table = Table(title="tortoise-xpu device backends")
     table.add_column("backend", no_wrap=True)
-    table.add_column("device, or why it is unavailable", ratio=3)
-    table.add_column("GiB free/total", no_wrap=True)
-    table.add_column("dtypes", ratio=1)
-    table.add_column("policy", ratio=2)
+    table.add_column("device", ratio=3, overflow="fold")
+    table.add_column("GiB free/total", overflow="fold")
+    table.add_column("dtypes", ratio=1, overflow="fold")
+    table.add_column("policy", ratio=2, overflow="fold")
     for row in rows:
-        marker = " (auto)" if row["auto"] else ""
         if not row["available"]:
-            table.add_row(f"[red]{row['name']}[/red]", escape(row["reason"] or ""), "", "", "")
             continue
+        marker = " (auto)" if row["auto"] else ""
         device = f"{row['device']}: {row['device_name'] or '?'}"
         if row["runtime"]:
             device += f" ({row['runtime']})"
         table.add_row(f"[green]{row['name']}{marker}[/green]", escape(device),
                       f"{_gib(row['free_memory'])} / {_gib(row['total_memory'])}",
                       " ".join(_SHORT.get(d, d) for d in row["dtypes"]), escape(row["policy_summary"]))
-    console = Console()
-    console.print(table)
+    if table.row_count:
+        console.print(table)
+    unavailable = [row for row in rows if not row["available"]]
+    if unavailable:
+        console.print("not available here:")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")  # the reason wraps under itself, not under the name
+        for row in unavailable:
+            grid.add_row(f"  [red]{row['name']}[/red]:", escape(row["reason"] or "unavailable"))
+        console.print(grid)
     for row in rows:  # the CPU: which flags, which stage gets which dtype and why
         cpu, policy = row.get("cpu_features"), row.get("policy")
         if not cpu or not policy:

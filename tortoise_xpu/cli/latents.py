@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from tortoise_xpu.cli.common import add_device_args, add_models_dir_arg
+from tortoise_xpu.pipeline.validate import seed_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("voice", nargs="+", help="voice name, folder, or clip files (several are pooled)")
     p.add_argument("-o", "--output", required=True, help="the .pth file to write")
     p.add_argument("-V", "--voices-dir", action="append", default=[], help="extra folder of voices")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 6-second crop of long clips (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the 6-second crop of long clips (default 0)")
     add_device_args(p)
     add_models_dir_arg(p)
     p.set_defaults(func=run)
@@ -31,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.voices import (average_latents, load_voice_clips, resolve_voice, save_latents,
                                      voice_search_path)
 
+    from tortoise_xpu.fileio import check_writable
+    from tortoise_xpu.voices import LATENT_SUFFIXES
+
+    # the output is checked before any clip is read or model loaded
+    if check_writable(args.output).suffix.lower() not in LATENT_SUFFIXES:
+        raise UserError(f"name the latents file {args.output}.pth: voices are found by the .pth extension")
     dirs = voice_search_path(args.voices_dir)
     clips, latents = [], []
     for spec in args.voice:

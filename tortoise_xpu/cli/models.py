@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tortoise_xpu.cli.common import add_models_dir_arg
 from tortoise_xpu.errors import TortoiseError, UserError
+from tortoise_xpu.pipeline.validate import seed_arg
 
 
 def register(subparsers) -> None:
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("random-weights",
                        help="(developer) write random weights in the official file format, for benchmarks and tests")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--seed", type=int, default=1234, help="file i uses seed + i (default 1234)")
+    q.add_argument("--seed", type=seed_arg, default=1234, help="file i uses seed + i (default 1234)")
     q.add_argument("--only", nargs="+", metavar="NAME", help="only these checkpoints")
     q.add_argument("--tiny", action="store_true", help="tiny test configs instead of the full-size official ones")
     q.add_argument("--init", choices=["perturb", "torch"], default="perturb",

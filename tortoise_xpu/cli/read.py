@@ -47,21 +47,21 @@ def run(args: argparse.Namespace) -> int:
                                            summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
+    from tortoise_xpu.fileio import check_writable_folder
     from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
     from tortoise_xpu.pipeline.longform import load_state, read_job
     from tortoise_xpu.pipeline.presets import preset_settings
-    from tortoise_xpu.text.split import split_for_reading
+    from tortoise_xpu.text.split import speakable_chunks, split_for_reading
 
     target = check_cluster(args)
     text = read_text_input(None, args.file)
     desired, maximum = parse_text_split(args.text_split)
-    chunks = split_for_reading(text, desired, maximum)
+    chunks = speakable_chunks(split_for_reading(text, desired, maximum), source=args.file or "the text")
     if not chunks:
         raise UserError(f"{args.file} has nothing speakable in it")
     regenerate = _parse_regenerate(args.regenerate)
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} exists and is not a folder")
+    check_writable_folder(out)  # name, lengths, a file in the way, permissions: before any work
     settings = preset_settings(args.preset, **tuning_overrides(args))
     seed = args.seed
     if seed is None and out.is_dir():

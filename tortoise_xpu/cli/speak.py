@@ -9,6 +9,7 @@ import time
 
 from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
                                      read_text_input, tuning_overrides)
+from tortoise_xpu.pipeline.validate import positive_int_arg
 
 # Longer texts are split into sentences and spoken one after another; past this, use `read`.
 SPEAK_MAX_CHARS = 2000
@@ -21,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "characters, use `tortoise-xpu read` (resumable, one file per chunk).")
     p.add_argument("text", nargs="?", help="the text to speak")
     p.add_argument("-f", "--file", help="read the text from a file ('-' for standard input)")
-    p.add_argument("-o", "--output", default="tortoise.wav", help="output WAV (default: tortoise.wav)")
-    p.add_argument("-k", "--candidates", type=int, default=1,
+    p.add_argument("-o", "--output", default="tortoise.wav",
+                   help="output file; .wav, .flac, .ogg or .mp3 chooses the format; '-' writes WAV to standard "
+                        "output (default: tortoise.wav)")
+    p.add_argument("-k", "--candidates", type=positive_int_arg, default=1,
                    help="how many of the best candidates to write (output_1.wav, output_2.wav, ...)")
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM")
     p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")
@@ -41,19 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def output_paths(output: str, k: int) -> list[str]:
+    """The files of ``k`` candidates: ``output`` itself for one, else ``NAME_1.EXT``, ``NAME_2.EXT``, ..."""
     if k == 1:
         return [output]
-    stem, dot, ext = output.rpartition(".")
-    if not dot:
-        stem, ext = output, "wav"
-    return [f"{stem}_{i + 1}.{ext}" for i in range(k)]
+    from pathlib import Path
+
+    p = Path(output)  # the stem of the file name only: a dot in a folder name is not an extension
+    return [str(p.with_name(f"{p.stem}_{i + 1}{p.suffix}")) for i in range(k)]
 
 
 def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.cli.synth import StageProgress, build_tts, resolve_seed, voice_inputs
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.presets import preset_settings
-    from tortoise_xpu.text.split import split_and_recombine_text
+    from tortoise_xpu.text.split import speakable_chunks, split_and_recombine_text
 
     text = read_text_input(args.text, args.file)
     if not text.strip():
@@ -66,16 +70,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--candidates must be at least 1")
     if args.force_tokens is not None and not 1 <= args.force_tokens <= 600:
         raise UserError("--force-tokens must be in 1..600")
-    from tortoise_xpu.fileio import check_writable
+    from tortoise_xpu.audio.io import STDOUT, check_audio_output
 
+    if args.output == STDOUT and (args.candidates > 1 or args.json):
+        raise UserError("-o - writes the audio to standard output: it takes one candidate and no --json")
     for path in output_paths(args.output, args.candidates):
-        check_writable(path)  # a bad -o fails now, not after minutes of synthesis
+        check_audio_output(path)  # a bad -o (name, folder, device node, extension) fails now, not after synthesis
     if args.stream and args.candidates != 1:
         raise UserError("--stream makes one candidate; drop --candidates")
     seed = resolve_seed(args.seed)
     chunks = [text] if len(text) <= 300 else split_and_recombine_text(text)
     if not chunks:
         raise UserError("the text has nothing speakable in it")
+    # A chunk of only emoji or symbols is dropped with a warning (tts would refuse the whole text for it).
+    chunks = speakable_chunks(chunks, source="the text")
     import torch
 
     if args.threads is not None:
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     progress = StageProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     tts = build_tts(args, progress)
 
-    from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.io import write_audio
     from tortoise_xpu.audio.rates import SAMPLE_RATE
 
     if args.stream:
@@ -109,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
             for stage, sec in tts.last_report.stages.items():
                 timings[stage] = timings.get(stage, 0.0) + sec
     paths = output_paths(args.output, args.candidates)
-    subtype = "FLOAT" if args.float32 else "PCM_16"
     for path, parts in zip(paths, per_candidate):
-        save_wav(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), SAMPLE_RATE, subtype=subtype)
+        write_audio(path, torch.cat([w.reshape(1, -1) for w in parts], dim=-1), SAMPLE_RATE, float32=args.float32)
     seconds = sum(w.shape[-1] for w in per_candidate[0]) / SAMPLE_RATE
     summary = {"outputs": paths, "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "policy": tts.last_report.policy, "stages": {k: round(v, 4) for k, v in timings.items()},
@@ -129,7 +136,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
     """``speak --stream``: the text through ``tts_stream``, chunk by chunk, into one WAV."""
     import torch
 
-    from tortoise_xpu.audio.io import save_wav
+    from tortoise_xpu.audio.io import write_audio
     from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.cli.synth import voice_inputs
     from tortoise_xpu.pipeline.stream import StreamStats
@@ -155,7 +162,7 @@ def run_stream(args: argparse.Namespace, tts, chunks: list[str], settings: dict,
                 timings[stage] = timings.get(stage, 0.0) + sec
     total_s = time.perf_counter() - start
     wav = torch.cat(parts) if parts else torch.zeros(0)
-    save_wav(args.output, wav.reshape(1, -1), SAMPLE_RATE, subtype="FLOAT" if args.float32 else "PCM_16")
+    write_audio(args.output, wav.reshape(1, -1), SAMPLE_RATE, float32=args.float32)
     seconds = wav.numel() / SAMPLE_RATE
     summary = {"outputs": [args.output], "seed": seed, "seconds": round(seconds, 3), "device": str(tts.device),
                "stream": True, "first_audio_s": round(first_audio, 4) if first_audio is not None else None,

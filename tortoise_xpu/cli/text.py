@@ -68,7 +68,17 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
 
+    # The cleaned text always, then its ids (--tokens), then each chunk with its own ids (--split).
     limit = max_text_length()
+    print(cleaned)
+    if tokens is not None:
+        print(" ".join(map(str, tokens)))
+        print(f"{len(tokens)} tokens (one pass reads at most {limit})")
+        if not args.split:
+            try:
+                check_text_length(tokens)
+            except UserError as exc:
+                print(f"note: {exc}")
     if args.split:
         for i, chunk in enumerate(chunks, 1):
             line = f"[{i}] {chunk}"
@@ -76,15 +86,6 @@ def run(args: argparse.Namespace) -> int:
                 n = len(chunk_tokens[i - 1])
                 line += f"  ({n} tokens{', TOO LONG' if n > limit else ''})"
             print(line)
-    else:
-        print(cleaned)
-    if tokens is not None:
-        if args.split:
-            return 0
-        print(" ".join(map(str, tokens)))
-        print(f"{len(tokens)} tokens (one pass reads at most {limit})")
-        try:
-            check_text_length(tokens)
-        except UserError as exc:
-            print(f"note: {exc}")
+            if chunk_tokens is not None:
+                print("    " + " ".join(map(str, chunk_tokens[i - 1])))
     return 0

@@ -28,14 +28,18 @@ def load_mel_norms(path: str | os.PathLike) -> torch.Tensor:
     if not path.is_file():
         raise ModelFileError(f"{path} not found; {MEL_NORMS_FILE} is the original tortoise-tts package's "
                              f"tortoise/data/{MEL_NORMS_FILE} and belongs in the models folder (--models-dir)")
-    try:
-        norms = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of every kind
-        raise ModelFileError(f"{path} cannot be read as a torch file ({type(exc).__name__}: {exc})") from None
+    from tortoise_xpu import safeload
+
+    try:  # bounded, weights-only, float dtypes and finite values only (safeload.py)
+        norms = safeload.load_torch(path, safeload.MEL_NORMS, label=str(path))
+    except safeload.CorruptFileError as exc:
+        raise ModelFileError(f"{path} cannot be read as a torch file ({exc.reason})") from None
+    except safeload.UnsafeFileError as exc:
+        raise ModelFileError(str(exc)) from None
     if not isinstance(norms, torch.Tensor) or norms.shape != (N_MEL_NORMS,):
         shape = tuple(norms.shape) if isinstance(norms, torch.Tensor) else type(norms).__name__
         raise ModelFileError(f"{path} should hold {N_MEL_NORMS} mel band norms, found {shape}")
-    norms = norms.to(torch.float32)
+    norms = norms.to(torch.float32, copy=True)  # a copy: the loaded tensor is mapped from the file
     if not torch.isfinite(norms).all() or (norms == 0).any():
         raise ModelFileError(f"{path} holds non-finite or zero mel band norms")
     return norms

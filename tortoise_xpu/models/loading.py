@@ -1,8 +1,9 @@
 """Reading and writing checkpoint files, and loading them strictly into their networks.
 
-* :func:`load_state` reads a ``.pth`` with ``torch.load(weights_only=True, map_location="cpu",
-  mmap=True)`` (a pickle that would build anything but tensors and plain containers is refused)
-  or a ``.safetensors`` file; a truncated or corrupt file raises :class:`ModelFileError` naming it.
+* :func:`load_state` reads a ``.pth`` or ``.safetensors`` file through :mod:`tortoise_xpu.safeload`
+  (archive sizes bounded, ``torch.load(weights_only=True, mmap=True)``, every tensor's dtype, view
+  size and finiteness checked); a truncated, corrupt or unsafe file raises :class:`ModelFileError`
+  naming it.
 * :func:`load_model` builds the network of a file, converts the file content with the class's
   ``convert_state_dict`` and loads it with ``strict=True``.  Any missing, unexpected or
   mis-shaped key fails with a short report, and names the file the content looks like instead
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from tortoise_xpu import safeload
 from tortoise_xpu.assets import catalogue, folder
 from tortoise_xpu.errors import ModelFileError
 from tortoise_xpu.fileio import atomic_path
@@ -43,8 +44,8 @@ def load_state(path: str | os.PathLike) -> Any:
     """The content of a checkpoint file, tensors on the CPU.
 
     ``.safetensors`` files give a flat dict of tensors; anything else goes through
-    ``torch.load(weights_only=True, map_location="cpu", mmap=True)`` (without mmap for files in
-    the pre-1.6 legacy format, which cannot be mapped).  Missing, empty, truncated, corrupt or
+    :func:`tortoise_xpu.safeload.load_torch` with the ``CHECKPOINT`` limits (memory-mapped; files in
+    the pre-1.6 legacy format, which cannot be mapped, are read whole).  Missing, empty, truncated, corrupt or
     code-carrying files raise :class:`ModelFileError` with the file name.
     """
     path = Path(path)
@@ -55,34 +56,22 @@ def load_state(path: str | os.PathLike) -> Any:
         raise ModelFileError(f"{name} is empty (0 bytes): an interrupted download? fetch it again")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() or "weightsunpickler" in str(exc).lower():
-            detail = _wo_detail(str(exc))
-            raise ModelFileError(f"{name} was refused: it holds more than tensors ({detail}); loading it "
-                                 f"could run code, so only plain weight files are accepted") from None
-        raise ModelFileError(f"{name} is corrupt ({_first_line(exc)}); fetch it again") from None
-    # Garbage makes the unpickler fail in many ways (IndexError, struct.error, ...): all mean a bad file.
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(f"{name} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
-                             f"fetch it again") from None
+    try:  # bounded archive, weights-only unpickling, memory-mapped, every tensor checked (safeload.py)
+        return safeload.load_torch(path, safeload.CHECKPOINT)
+    except safeload.CorruptFileError as exc:
+        raise ModelFileError(f"{name} is truncated or corrupt ({exc.reason}); fetch it again") from None
+    except safeload.UnsafeFileError as exc:
+        raise ModelFileError(str(exc)) from None
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); "
+        return safeload.load_safetensors(path, safeload.CHECKPOINT)
+    except safeload.CorruptFileError as exc:
+        raise ModelFileError(f"{path.name} is truncated or corrupt ({exc.reason}); "
                              f"convert or fetch it again") from None
+    except safeload.UnsafeFileError as exc:
+        raise ModelFileError(str(exc)) from None
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -97,13 +86,6 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= 160 else line[:157] + "..."
-
-
-def _wo_detail(msg: str) -> str:
-    for line in msg.splitlines():
-        if "WeightsUnpickler error" in line:
-            return line.split("WeightsUnpickler error:", 1)[-1].strip()[:120]
-    return "objects other than tensors"
 
 
 # --------------------------------------------------------------------------------------------

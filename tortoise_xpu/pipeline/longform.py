@@ -250,10 +250,12 @@ def load_state(folder: str | os.PathLike) -> dict[str, Any] | None:
     path = folder / MANIFEST
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _manifest_error(path, f"is unreadable ({' '.join(str(exc).split())[:120]})") from None
+    from tortoise_xpu import safeload
+
+    try:  # size-bounded before it is read (safeload.MANIFEST)
+        data = safeload.load_json(path, safeload.MANIFEST, label=str(path))
+    except UserError as exc:
+        raise _manifest_error(path, f"is unreadable ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("chunks"), list):
         raise _manifest_error(path, "is not a tortoise-xpu manifest")
     version = data.get("version")

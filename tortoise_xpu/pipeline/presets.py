@@ -60,7 +60,9 @@ def preset_settings(preset: str, **overrides: Any) -> dict[str, Any]:
     unknown = set(overrides) - set(TTS_DEFAULTS)
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    from tortoise_xpu.pipeline.validate import check_settings
+
+    settings.update(check_settings({k: v for k, v in overrides.items() if v is not None}))
     return settings
 
 
@@ -68,19 +70,20 @@ def resolve_settings(settings: Mapping[str, Any], force_tokens: int | None = Non
     """Merge ``settings`` over the tts() defaults and check them for the AR stage.
 
     Returns ``(settings dict, SamplingSettings, number of codes to generate)``; ``force_tokens``
-    (a benchmark knob) replaces ``max_mel_tokens``.  Raises UserError for unknown keys and bad values.
+    (a benchmark knob) replaces ``max_mel_tokens``.  Raises UserError for unknown keys and for values
+    outside their range in :data:`tortoise_xpu.pipeline.validate.RANGES` (NaN and infinities included).
     """
     from tortoise_xpu.pipeline.sampling import SamplingSettings
 
     unknown = set(settings) - set(TTS_DEFAULTS)
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(TTS_DEFAULTS)}")
-    s = {**TTS_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    from tortoise_xpu.pipeline.validate import check_setting, check_settings
+
+    # every knob in its range and finite (pipeline/validate.py), before anything runs
+    s = check_settings({**TTS_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}})
+    force_tokens = check_setting("force_tokens", force_tokens)
     max_tokens = int(force_tokens if force_tokens else s["max_mel_tokens"])
-    if not 1 <= max_tokens <= 600:
-        raise UserError(f"max_mel_tokens must be in 1..600, got {max_tokens}")
-    if not 0.0 <= float(s["cvvp_amount"]) <= 1.0:
-        raise UserError(f"cvvp_amount is the share of CVVP in the ranking, in [0, 1]; got {s['cvvp_amount']}")
     try:
         sampling = SamplingSettings(temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
                                     repetition_penalty=s["repetition_penalty"],

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from tortoise_xpu.errors import UserError
-from tortoise_xpu.pipeline import ar_sampling, conditioning, diffusion, latents, ranking, vocoding
+from tortoise_xpu.pipeline import ar_sampling, conditioning, diffusion, latents, ranking, validate, vocoding
 from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 from tortoise_xpu.pipeline.context import Progress, RunContext, RunReport
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
@@ -297,8 +297,9 @@ class TextToSpeech:
         ``force_tokens``: generate exactly this many codes, ignoring the stop token (benchmarks).
         ``cancel``: an Event (or callable) that stops the run at its next step with ``Cancelled``.
         """
-        s, sampling, max_tokens, parsed = self._check_request(text, k, settings, force_tokens)
         seed = seed if seed is not None else use_deterministic_seed
+        validate.check_tts_inputs(text, voice_samples, conditioning_latents, k, seed, force_tokens)
+        s, sampling, max_tokens, parsed = self._check_request(text, k, settings, force_tokens)
         seed = int(time.time()) if seed is None else int(seed)
         num_samples = int(s["num_autoregressive_samples"])
         report = RunReport(seed=seed, candidates=num_samples, policy=self.policy(num_samples).to_dict(),
@@ -379,6 +380,7 @@ class TextToSpeech:
                 while redaction is on (a stream cannot cut words it has already played; construct with
                 ``enable_redaction=False`` to speak them).
         """
+        validate.check_tts_inputs(text, voice_samples, None, 1, seed, force_tokens)  # latents may be the AR one alone
         options = StreamOptions(int(stream_chunk_size), int(overlap_wav_len), int(first_buffer))
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
         if self.enable_redaction and ("[" in text or "]" in text):

@@ -16,7 +16,9 @@ and stray punctuation is lost, nothing is reordered or duplicated.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from tortoise_xpu.errors import UserError
 
@@ -28,6 +30,8 @@ __all__ = [
     "parse_redaction",
     "RedactedText",
     "MANUAL_SPLIT",
+    "speakable_chunks",
+    "UnspeakableChunkWarning",
 ]
 
 MANUAL_SPLIT = "|"
@@ -159,6 +163,52 @@ def split_for_reading(text: str, desired_length: int = 200, max_length: int = 30
     if MANUAL_SPLIT in text:
         return split_manual(text)
     return split_and_recombine_text(text, desired_length, max_length)
+
+
+class UnspeakableChunkWarning(UserWarning):
+    """A chunk that cleans to nothing speakable was dropped (the rest of the text is spoken)."""
+
+
+def _is_speakable(chunk: str, clean: Callable[[str], str]) -> bool:
+    # What TextToSpeech.text_tokens refuses: no letter or digit left once cleaned.
+    return any(ch.isalnum() for ch in clean(chunk))
+
+
+def _preview(chunk: str, width: int = 40) -> str:
+    return repr(chunk if len(chunk) <= width else chunk[:width - 1] + "\u2026")
+
+
+def speakable_chunks(chunks: Sequence[str], clean: Callable[[str], str] | None = None, *,
+                     source: str = "the text", allow_empty: bool = False) -> list[str]:
+    """Drop the chunks that clean to nothing speakable, with one warning each.
+
+    Text is split before it is cleaned, so a long run of emoji, ``=`` or ``* `` between sentences can
+    make a chunk of its own that cleans to nothing; the model would refuse it and, with it, the whole
+    text.  ``clean`` is the cleaner the tokenizer applies (default: ``english_cleaners``).
+
+    Raises:
+        UserError: no chunk is left (unless ``allow_empty``): the message says the text is empty after
+            cleaning and names the first chunk.
+    """
+    if clean is None:
+        from tortoise_xpu.text.cleaners import english_cleaners as clean
+    kept = []
+    dropped = []
+    for i, chunk in enumerate(chunks, 1):
+        if _is_speakable(chunk, clean):
+            kept.append(chunk)
+        else:
+            dropped.append((i, chunk))
+    if not kept and dropped and not allow_empty:
+        i, chunk = dropped[0]
+        where = f"chunk {i} of {len(chunks)}: " if len(chunks) > 1 else ""
+        raise UserError(f"{source} is empty after cleaning: nothing to say ({where}{_preview(chunk)} has no "
+                        f"letters or digits once symbols and emoji are dropped)")
+    if kept:
+        for i, chunk in dropped:
+            warnings.warn(f"skipping chunk {i} of {len(chunks)} ({_preview(chunk)}): nothing speakable after "
+                          f"cleaning", UnspeakableChunkWarning, stacklevel=2)
+    return kept
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,12 @@ class VoiceBpeTokenizer:
             raise ModelFileError(
                 f"tokenizer file {path} not found; it is the original tortoise-tts package's "
                 f"tortoise/data/{TOKENIZER_FILE} and belongs in the models folder (--models-dir)")
+        from tortoise_xpu import safeload
+
+        try:  # the official file is 4.4 kB: a huge one is refused before the parser reads it
+            safeload.check_file_size(path, safeload.TOKENIZER, label=str(path))
+        except UserError as exc:
+            raise ModelFileError(str(exc)) from None
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own Exception type on bad JSON
