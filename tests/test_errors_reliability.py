@@ -81,7 +81,7 @@ def test_api_knobs_are_checked(tiny_models_dir, kwargs):
     with pytest.raises(UserError) as info:
         tts.tts("Hello.", **kwargs)
     assert "\n" not in str(info.value)
-    assert not tts._models  # refused before any model loaded
+    assert not tts.store.loaded()  # refused before any model loaded
 
 
 def test_api_text_must_be_a_string(tiny_models_dir):
@@ -107,7 +107,7 @@ def test_api_voice_samples_with_nan_are_refused(tiny_models_dir, samples):
     with pytest.raises(UserError) as info:
         tts.tts("Hello.", voice_samples=samples)
     check_case("audio.api_nan_clips", None, "", line=str(info.value))
-    assert not tts._models
+    assert not tts.store.loaded()
 
 
 @pytest.mark.parametrize("latents", [

@@ -332,13 +332,13 @@ def test_mutated_safetensors_are_refused_cleanly(flips, cut):
 @example(b"[" * 50_000 + b"]" * 50_000)
 @example(b"\xff\xfe{}")
 def test_manifest_reader_refuses_or_returns_a_dict(raw):
-    from tortoise_xpu.pipeline.longform import MANIFEST, load_manifest
+    from tortoise_xpu.pipeline.longform import MANIFEST, load_state
 
     folder = TMP / "book"
     folder.mkdir(exist_ok=True)
     (folder / MANIFEST).write_bytes(raw)
     try:
-        data = load_manifest(folder)
+        data = load_state(folder)
     except UserError as exc:
         assert "\n" not in str(exc)
         return

@@ -153,7 +153,8 @@ def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = N
     try:
         with zipfile.ZipFile(path) as zf:
             entries = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError,
+            struct.error) as exc:
         reason = f"broken zip archive: {_first_line(exc)}"
         raise CorruptFileError(f"{name} is truncated or corrupt ({reason})", reason) from None
     if len(entries) > limits.max_tensors + 16:
@@ -185,6 +186,15 @@ def check_archive(path: str | os.PathLike, limits: Limits, label: str | None = N
 
 # ------------------------------------------------------------------------------------ tensors
 
+def _printable(key: Any) -> str:
+    """A key as it can stand in a one-line message: control characters escaped, length bounded
+    (a stranger's file may name its entries anything)."""
+    text = str(key)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def iter_tensors(obj: Any, max_items: int = 1_000_000) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor inside nested dicts / lists / tuples, with a dotted path; iterative (a deeply
     nested pickle cannot overflow the stack) and bounded in the number of objects visited."""
@@ -198,7 +208,8 @@ def iter_tensors(obj: Any, max_items: int = 1_000_000) -> Iterator[tuple[str, to
         if isinstance(item, torch.Tensor):
             yield where or "<root>", item
         elif isinstance(item, dict):
-            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
+            stack.extend((f"{where}.{_printable(k)}" if where else _printable(k), v)
+                         for k, v in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
             stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
 
@@ -347,14 +358,16 @@ def check_safetensors_header(path: str | os.PathLike, limits: Limits,
                         for x in e["shape"] + e["data_offsets"])):
             raise corrupt(f"entry {key!r} is malformed")
         if e["dtype"] not in _ST_DTYPES:
-            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {key} has dtype {e['dtype']}")
+            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {_printable(key)} has dtype "
+                                  f"{_printable(e['dtype'])}")
         if _ST_TORCH[e["dtype"]] not in limits.dtypes:
-            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {key} has dtype {e['dtype']}")
+            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {_printable(key)} has dtype "
+                                  f"{_printable(e['dtype'])}")
         numel = 1
         for d in e["shape"]:
             numel *= d
         if numel > limits.max_numel:
-            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {key} has {numel:,} elements")
+            raise UnsafeFileError(f"{name} was refused as unsafe: tensor {_printable(key)} has {numel:,} elements")
         begin, end = e["data_offsets"]
         if not begin <= end <= data_bytes or end - begin != numel * _ST_DTYPES[e["dtype"]]:
             raise corrupt(f"entry {key!r} has offsets {begin}..{end} that do not fit its shape or the file")
