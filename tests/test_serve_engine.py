@@ -223,6 +223,36 @@ def test_deadline_and_cancel_free_the_rows(runner):
         engine.close()
 
 
+def test_quality_stages_stop_when_the_client_leaves(runner, monkeypatch):
+    """The quality path's stages run on the request's context, whose cancel check is the ticket's:
+    a client that leaves during ranking/diffusion stops the request there (499), not after the
+    whole diffusion."""
+    from tortoise_xpu.errors import Cancelled as RunCancelled
+    from tortoise_xpu.serve.jobs import Cancelled
+
+    prep = runner.prepare("Hello there.", "random", {"max_mel_tokens": 24, "diffusion_iterations": 3}, 2, 1,
+                          quality=True, cancel=lambda: True)
+    with pytest.raises(RunCancelled):
+        runner.finish(prep, torch.randint(0, 100, (2, 24)))
+    engine = make_engine(runner, max_batch=4)
+    real = runner.finish
+    entered = []
+
+    def leave_then_finish(prep, codes):  # the client goes away just as the later stages start
+        entered.append(True)
+        tickets[0].cancel()
+        return real(prep, codes)
+
+    monkeypatch.setattr(runner, "finish", leave_then_finish)
+    try:
+        tickets = [engine.submit(job("Hello there.", 4, quality=True, candidates=2))]
+        with pytest.raises(Cancelled):
+            collect(tickets[0])
+        assert entered and engine.drain(10)
+    finally:
+        engine.close()
+
+
 def test_queue_full_and_draining_refuse(runner):
     from tortoise_xpu.serve.jobs import Draining, QueueFull
 

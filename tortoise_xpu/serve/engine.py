@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tortoise_xpu.errors import TortoiseError
+from tortoise_xpu.errors import Cancelled as RunCancelled, TortoiseError
 from tortoise_xpu.serve.jobs import Draining, EngineError, NotReady, QueueFull, SpeechJob, Ticket
 from tortoise_xpu.serve.metrics import Metrics
 from tortoise_xpu.serve.runner import SAMPLE_RATE, PipelineRunner
@@ -191,7 +191,7 @@ class Engine:
             if ticket.cancelled.is_set() or ticket.expired():
                 raise EngineError("cancelled or expired before it started")
             prep = self.runner.prepare(job.text, job.voice, job.settings, job.candidates, job.seed, job.quality,
-                                       job.force_tokens)
+                                       job.force_tokens, cancel=lambda: ticket.cancelled.is_set() or ticket.expired())
         except (TortoiseError, EngineError) as exc:
             self._settle(ticket, "error", exc)
             return
@@ -260,6 +260,11 @@ class Engine:
                 wav = time_stretch(wav, ticket.job.speed)
             ticket.post("audio", wav.astype(np.float32))
             self._settle(ticket, "done", {"samples": int(wav.size), "sample_rate": SAMPLE_RATE})
+        except RunCancelled:  # a stage saw the request's cancel check: the client left or the deadline passed
+            from tortoise_xpu.serve.jobs import Cancelled, DeadlineExceeded
+
+            self._settle(ticket, "error", Cancelled("the client closed the connection") if ticket.cancelled.is_set()
+                         else DeadlineExceeded("the request ran past its deadline"))
         except Exception as exc:
             self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
                          EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))

@@ -31,7 +31,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -127,14 +127,16 @@ class PipelineRunner:
         self.loaded = True
         return times
 
-    def new_context(self, seed: int, settings: dict[str, Any] | None = None) -> RunContext:
-        """A request's run context: the server's Policy, a CPU generator seeded with ``seed``.
+    def new_context(self, seed: int, settings: dict[str, Any] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> RunContext:
+        """A request's run context: the server's Policy, a CPU generator seeded with ``seed``, and
+        ``cancel`` (true once the request should stop: its stages then raise ``errors.Cancelled``).
 
         Every request runs on one Policy (the store's default one), whatever its candidate count:
         the continuous AR batch mixes requests, so they share one AR model and its preparation."""
         from tortoise_xpu.pipeline.tts import DEFAULT_CANDIDATES
 
-        return self.tts.new_context(DEFAULT_CANDIDATES, seed=int(seed), settings=settings)
+        return self.tts.new_context(DEFAULT_CANDIDATES, seed=int(seed), settings=settings, cancel=cancel)
 
     def ar_model(self) -> torch.nn.Module:
         """The AR model the continuous batch decodes with (the store's, on the server's Policy)."""
@@ -156,12 +158,14 @@ class PipelineRunner:
 
     # ----------------------------------------------------------------------------- requests
     def prepare(self, text: str, voice: str, settings: dict[str, Any], candidates: int, seed: int,
-                quality: bool, force_tokens: int | None = None) -> Prepared:
+                quality: bool, force_tokens: int | None = None, cancel: Callable[[], bool] | None = None) -> Prepared:
         """Tokens, voice latents and AR uniforms for one request, drawing as ``tts()`` does.
 
         ``quality``: the diffusion path (needs the diffusion latent); else the streaming path (the AR
-        half of the conditioning only, as ``tts_stream``).  Raises UserError (bad text/settings),
-        VoiceNotFound, AudioError (unusable clips).
+        half of the conditioning only, as ``tts_stream``).  ``cancel``: checked by the quality path's
+        stages (the diffusion at every step), so a request whose client left or whose deadline passed
+        stops there with ``errors.Cancelled``.  Raises UserError (bad text/settings), VoiceNotFound,
+        AudioError (unusable clips).
         """
         from tortoise_xpu.pipeline.presets import resolve_settings
         from tortoise_xpu.pipeline.sampling import uniforms
@@ -175,7 +179,7 @@ class PipelineRunner:
             if s["sampler"] == "dpm++2m" and not s["cond_free"]:
                 raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
         tokens = self.tts.text_tokens(text)
-        ctx = self.new_context(seed, s)
+        ctx = self.new_context(seed, s, cancel)
         ar_latent, diff_latent, ar_mels = self._voice_latents(voice, ctx, quality)
         u = uniforms(ctx.generator, max_tokens, candidates).t().contiguous()
         return Prepared(tokens, ar_latent.to(self.device), diff_latent.to(self.device) if quality else None,
