@@ -61,7 +61,8 @@ class StreamStats:
 @dataclass(frozen=True)
 class StreamOptions:
     """When chunks are cut: ``chunk_size`` codes per chunk after the first (``<= 0``: one chunk at the
-    end), the first after ``max(chunk_size, first_buffer)`` codes, crossfaded over ``overlap`` samples."""
+    end), the first after ``max(chunk_size, first_buffer)`` codes; ``overlap`` is the original's crossfade length,
+    accepted and unused (the windowed decoder needs no crossfade)."""
 
     chunk_size: int = 40
     overlap: int = 1024
