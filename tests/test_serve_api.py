@@ -321,47 +321,93 @@ def test_health_is_503_until_models_load(tiny_models_dir, tmp_path):
         srv.stop()
 
 
+def _bound_port(log_path, proc, timeout: float) -> int:
+    """The port a ``serve --port 0`` subprocess listens on, from uvicorn's start-up line in its log."""
+    import re
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        m = re.search(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)", log_path.read_bytes())
+        if m:
+            return int(m.group(1))
+        assert proc.poll() is None, log_path.read_bytes().decode(errors="replace")[-2000:]
+        time.sleep(0.1)
+    pytest.fail("the server did not start listening: " + log_path.read_bytes().decode(errors="replace")[-2000:])
+
+
 def test_sigterm_drains_in_flight_requests(tiny_models_dir, tmp_path):
-    port = free_port()
+    """Streams open when SIGTERM comes all finish (each ends with ``speech.audio.done``), then the
+    server exits 0 and stops listening.
+
+    Made robust for a loaded machine (it once failed there): the server's log goes to a file (an
+    unread pipe fills and blocks the server); the server binds port 0 and the test reads the port
+    it got (a port picked by the test and released could be taken by another process meanwhile);
+    no barrier with short timeouts (one slow first chunk broke it for every stream); and SIGTERM is
+    sent only while the engine reports the streams in flight: streams that had already ended by
+    then would test nothing, so such a round is read to its end and another started (3 at most).
+    Each client reads its first chunk, then the rest only after the signal."""
+    log_path = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tortoise_xpu", "serve", "--port", str(port), "--device", "cpu",
-                             "--models-dir", str(tiny_models_dir), "--voices-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tortoise_xpu", "serve", "--port", "0", "--device", "cpu",
+                                 "--models-dir", str(tiny_models_dir), "--voices-dir", str(tmp_path / "voices")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def server_log() -> str:
+        return log_path.read_bytes().decode(errors="replace")[-2000:]
+
     try:
-        end = time.monotonic() + 90
+        url = f"http://127.0.0.1:{_bound_port(log_path, proc, 180)}"
+        end = time.monotonic() + 180
         while time.monotonic() < end:
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert proc.poll() is None, server_log()
             time.sleep(0.2)
         else:
-            pytest.fail("the server did not become healthy")
+            pytest.fail("the server did not become healthy: " + server_log())
+        # force_tokens: every stream is 200 codes long (no early stop), so it runs a while after its first chunk
         body = {"model": "tts-1", "input": "Draining works.", "voice": "random", "response_format": "pcm",
-                "stream_format": "sse", "max_mel_tokens": 120, "stream_chunk_size": 8, "first_buffer": 8}
-        started = threading.Barrier(4)
+                "stream_format": "sse", "force_tokens": 200, "stream_chunk_size": 8, "first_buffer": 8}
 
-        def one(seed):
+        def one(seed, first_chunk: threading.Event, go_on: threading.Event):
             with httpx.stream("POST", url + "/v1/audio/speech", json={**body, "seed": seed}, timeout=120) as r:
                 chunks = r.iter_bytes()
                 first = next(chunks)
-                started.wait(30)
+                first_chunk.set()
+                go_on.wait(120)  # read the rest only once the signal went (or the round was given up)
                 return r.status_code, sse_audio(first + b"".join(chunks))[1]
 
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(one, s) for s in (1, 2, 3)]
-            started.wait(60)
-            proc.send_signal(signal.SIGTERM)
-            results = [f.result(timeout=120) for f in futures]
-        for status, types in results:
-            assert status == 200 and types[-1] == "speech.audio.done"
-        assert proc.wait(timeout=60) == 0
+        signalled = False
+        for attempt in range(3):
+            firsts = [threading.Event() for _ in range(3)]
+            go_on = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                try:
+                    futures = [pool.submit(one, 10 * attempt + i, firsts[i], go_on) for i in range(3)]
+                    for ev, fut in zip(firsts, futures):
+                        while not ev.wait(0.2):
+                            if fut.done():
+                                fut.result()  # raises what went wrong in that stream
+                            assert proc.poll() is None, server_log()
+                    if httpx.get(url + "/health", timeout=30).json()["in_flight"] > 0:
+                        proc.send_signal(signal.SIGTERM)
+                        signalled = True
+                finally:
+                    go_on.set()
+                results = [f.result(timeout=180) for f in futures]
+            for status, types in results:
+                assert status == 200 and types[-1] == "speech.audio.done", (status, types[-3:], server_log())
+            if signalled:
+                break
+        assert signalled, "the streams always ended before the signal could be sent: nothing was drained"
+        assert proc.wait(timeout=120) == 0, server_log()
         with pytest.raises(httpx.TransportError):
-            httpx.get(url + "/health", timeout=2)
+            httpx.get(url + "/health", timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()

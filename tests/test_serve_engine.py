@@ -8,7 +8,16 @@ Tiny random models on the CPU.  Equality claims, and why they hold:
   rounding, and rounding does not move an inverse-CDF draw here.
 * audio: the streaming path vocodes each request's own hidden states; they come from a batched
   step, so they may differ from a solo run in the last float bits (batched matrix products sum in
-  another order): compared with a 1e-4 tolerance, and exactly where only one row ran.
+  another order): compared with a 1e-4 tolerance.
+* a ``tts-1`` job against ``tts_stream``: equal within float rounding, not bit for bit (measured
+  ~1e-7 here, compared at 1e-5).  Both decode with the windowed ``StreamVocoder``, whose chunks
+  joined are the full decode up to summation order, but the two cut their windows at other codes
+  (the scheduler at exactly ``stream_chunk_size`` codes, ``tts_stream`` where it reads codes back),
+  so the convolutions run over windows of other lengths; and the hidden states come from another
+  decode engine (``ContinuousDecoder`` vs ``DecodeEngine``).
+* a quality job against ``tts()``: exactly equal.  The runner calls tts()'s stage functions on the
+  same codes (equal, above), the same voice latents and the same generator state, and every later
+  stage (ranking, AR latents, diffusion, vocoder) runs one request alone.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ def job(text, seed, quality=False, **kw):
     settings = {"max_mel_tokens": kw.pop("max_mel_tokens", 24)}
     if quality:
         settings.update(num_autoregressive_samples=kw.get("candidates", 2), diffusion_iterations=3)
-    return SpeechJob(text=text, voice="random", quality=quality, settings=settings, seed=seed,
+    return SpeechJob(text=text, voice=kw.pop("voice", "random"), quality=quality, settings=settings, seed=seed,
                      stream_chunk_size=kw.pop("stream_chunk_size", 8), first_buffer=8, **kw)
 
 
@@ -144,7 +153,38 @@ def test_stream_job_equals_tts_stream_and_quality_job_equals_tts(runner):
         audio, _ = collect(engine.submit(job("Hello there.", 3, quality=True, candidates=2)))
         ref = runner.tts.tts("Hello there.", seed=3, max_mel_tokens=24, diffusion_iterations=3,
                              num_autoregressive_samples=2).reshape(-1).numpy()
+        np.testing.assert_array_equal(audio, ref)
+    finally:
+        engine.close()
+
+
+def test_clip_voice_and_long_stream_equal_the_pipeline(runner):
+    """A voice of clips runs the conditioning stage per request (the AR half only on the fast path,
+    both halves and the clips' mels for ranking on the quality path), drawing the clips' random
+    crops from the request's generator as tts()/tts_stream do; a long stream is decoded in many
+    windows (each chunk's new frames plus the receptive field) and still joins into tts_stream's audio."""
+    import soundfile as sf
+
+    from tortoise_xpu.voices import load_voice_clips
+
+    folder = runner.voices_dir / "clipvoice"
+    folder.mkdir(exist_ok=True)
+    rate = 22050
+    t = np.arange(int(7.5 * rate)) / rate  # longer than the AR's 6 s: a random crop is drawn
+    sf.write(folder / "a.wav", (0.3 * np.sin(2 * np.pi * 160 * t)).astype(np.float32), rate)
+    clips = load_voice_clips([folder / "a.wav"], rate)
+    engine = make_engine(runner, max_batch=4)
+    try:
+        ticket = engine.submit(job("Hello there.", 5, voice="clipvoice", force_tokens=90))
+        audio, info = collect(ticket)
+        ref = torch.cat(list(runner.tts.tts_stream("Hello there.", clips, seed=5, force_tokens=90, stream_chunk_size=8,
+                                                   first_buffer=8))).numpy()
+        assert info["codes"] == 90 and audio.shape == ref.shape
         np.testing.assert_allclose(audio, ref, atol=1e-5)
+        audio, _ = collect(engine.submit(job("Hello there.", 5, quality=True, candidates=2, voice="clipvoice")))
+        ref = runner.tts.tts("Hello there.", clips, seed=5, max_mel_tokens=24, diffusion_iterations=3,
+                             num_autoregressive_samples=2).reshape(-1).numpy()
+        np.testing.assert_array_equal(audio, ref)
     finally:
         engine.close()
 
@@ -179,6 +219,36 @@ def test_deadline_and_cancel_free_the_rows(runner):
             collect(long)
         assert engine.drain(10)
         assert not engine.scheduler.decoder.rows and engine.metrics.cancelled == 1
+    finally:
+        engine.close()
+
+
+def test_quality_stages_stop_when_the_client_leaves(runner, monkeypatch):
+    """The quality path's stages run on the request's context, whose cancel check is the ticket's:
+    a client that leaves during ranking/diffusion stops the request there (499), not after the
+    whole diffusion."""
+    from tortoise_xpu.errors import Cancelled as RunCancelled
+    from tortoise_xpu.serve.jobs import Cancelled
+
+    prep = runner.prepare("Hello there.", "random", {"max_mel_tokens": 24, "diffusion_iterations": 3}, 2, 1,
+                          quality=True, cancel=lambda: True)
+    with pytest.raises(RunCancelled):
+        runner.finish(prep, torch.randint(0, 100, (2, 24)))
+    engine = make_engine(runner, max_batch=4)
+    real = runner.finish
+    entered = []
+
+    def leave_then_finish(prep, codes):  # the client goes away just as the later stages start
+        entered.append(True)
+        tickets[0].cancel()
+        return real(prep, codes)
+
+    monkeypatch.setattr(runner, "finish", leave_then_finish)
+    try:
+        tickets = [engine.submit(job("Hello there.", 4, quality=True, candidates=2))]
+        with pytest.raises(Cancelled):
+            collect(tickets[0])
+        assert entered and engine.drain(10)
     finally:
         engine.close()
 

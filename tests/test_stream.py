@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tortoise_xpu.errors import UserError
-from tortoise_xpu.pipeline.stream import Crossfader, StreamStats
+from tortoise_xpu.pipeline.stream import StreamStats
 
 TEXT = "Streaming test."
 SCHEDULE = dict(stream_chunk_size=5, first_buffer=6, overlap_wav_len=512, force_tokens=16)
@@ -72,20 +72,6 @@ def test_chunks_join_into_the_full_decode_of_the_final_latents(run, tts):
     # each earlier window's latents are a prefix of the final ones (the same codes, the same states)
     for s in seen:
         torch.testing.assert_close(s, final[:, :s.shape[1]], rtol=0, atol=0)
-
-
-def test_crossfader_is_seamless_and_ramps_between_disagreeing_decodes():
-    signal = torch.sin(torch.arange(5000.0) / 37)
-    fader = Crossfader(overlap=256)
-    parts = [fader.push(signal[:2000]), fader.push(signal[:3500]), fader.push(signal, final=True)]
-    assert torch.allclose(torch.cat(parts), signal, atol=1e-6)  # decodes that agree: the signal itself
-    fader = Crossfader(overlap=100)
-    first = fader.push(torch.zeros(300))
-    fade = fader.push(torch.ones(600), final=True)
-    assert first.numel() == 200 and fade.numel() == 400
-    assert torch.allclose(fade[:100], torch.linspace(0, 1, 100)) and torch.all(fade[100:] == 1)
-    with pytest.raises(ValueError):
-        Crossfader(-1)
 
 
 def test_same_seed_same_audio(tts, run):

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "a web page at /. Loopback only unless --host says otherwise. "
                                    "See docs/serving.md.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port (default: 8000; 0: a free port the system picks, named in the start-up log line)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, rocm, xpu, mps, directml (default: auto)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
@@ -62,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_batch is not None and args.max_batch < 1:
         raise UserError("--max-batch must be at least 1")
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     from tortoise_xpu.serve.main import serve
 

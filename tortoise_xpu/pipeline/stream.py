@@ -42,7 +42,7 @@ from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
 from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
 
-__all__ = ["Crossfader", "FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
+__all__ = ["FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
 
 FIRST_BUFFER = 60  # codes before the first chunk at the least (the original's first_buffer)
 
@@ -58,40 +58,11 @@ class StreamStats:
     stopped: bool = False  # the stop token came (else max_mel_tokens ran out)
 
 
-class Crossfader:
-    """Turns successive decodes of a growing sequence into the new audio of each one.
-
-    Each :meth:`push` gets the full decode so far (S,), returns what it adds, and holds back
-    its last ``overlap`` samples; the next push blends the held samples linearly into the
-    new decode's samples at the same positions (old fading out, new fading in).  With
-    ``final`` nothing is held back.  While the decodes agree on their common part, the
-    chunks joined equal the last decode exactly.
-    """
-
-    def __init__(self, overlap: int = 1024):
-        if overlap < 0:
-            raise ValueError(f"overlap must be >= 0, got {overlap}")
-        self.overlap = int(overlap)
-        self.emitted = 0  # samples already returned
-        self._held: torch.Tensor | None = None  # previous decode's samples from ``emitted`` on
-
-    def push(self, wav: torch.Tensor, final: bool = False) -> torch.Tensor:
-        new = wav.reshape(-1)[self.emitted:].clone()
-        held = self._held
-        if held is not None and held.numel() and new.numel():
-            n = min(held.numel(), new.numel())
-            fade_in = torch.linspace(0.0, 1.0, n, device=new.device, dtype=new.dtype)
-            new[:n] = held[:n].to(new) * (1 - fade_in) + new[:n] * fade_in
-        keep = new.numel() if final else max(new.numel() - self.overlap, 0)
-        self._held = None if final else new[keep:]
-        self.emitted += keep
-        return new[:keep]
-
-
 @dataclass(frozen=True)
 class StreamOptions:
     """When chunks are cut: ``chunk_size`` codes per chunk after the first (``<= 0``: one chunk at the
-    end), the first after ``max(chunk_size, first_buffer)`` codes, crossfaded over ``overlap`` samples."""
+    end), the first after ``max(chunk_size, first_buffer)`` codes; ``overlap`` is the original's crossfade length,
+    accepted and unused (the windowed decoder needs no crossfade)."""
 
     chunk_size: int = 40
     overlap: int = 1024

@@ -366,7 +366,8 @@ class TextToSpeech:
                 used); neither means a random voice.
             seed: one seed, one result (drawn from the clock when None).
             stream_chunk_size: codes per chunk after the first (``<= 0``: one chunk at the end).
-            overlap_wav_len: crossfade length in samples between chunks.
+            overlap_wav_len: the original's crossfade length in samples; accepted and unused (the windowed
+                decoder's chunks join without a crossfade).
             first_buffer: the first chunk waits for ``max(stream_chunk_size, first_buffer)`` codes.
             force_tokens: sample exactly this many codes, ignoring the stop token (benchmarks).
             stats: a :class:`~tortoise_xpu.pipeline.stream.StreamStats` to fill in (time to first audio, codes).

@@ -7,8 +7,10 @@ Threads (all daemon):
 
 * ``prep`` — text tokens, voice latents and uniforms of each request (:meth:`PipelineRunner.prepare`);
 * the AR scheduler (:mod:`tortoise_xpu.serve.scheduler`) — the continuous batch;
-* ``stream`` — HiFi-GAN, crossfade and time-stretch of streaming chunks, in order per request;
-  chunks of different requests waiting at once with the same code count are vocoded as one batch;
+* ``stream`` — HiFi-GAN and time-stretch of streaming chunks, in arrival order (so in order per
+  request): each request has its own windowed decoder (``StreamVocoder``), which decodes only a
+  chunk's new frames plus the decoder's receptive field, so a chunk costs the same at the end of a
+  long request as at its start, and needs no crossfade;
 * ``finish`` — ranking, diffusion and vocoder of quality requests.
 
 Torch releases the GIL inside its kernels, so these overlap on a multi-core CPU as on a GPU.
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tortoise_xpu.errors import TortoiseError
+from tortoise_xpu.errors import Cancelled as RunCancelled, TortoiseError
 from tortoise_xpu.serve.jobs import Draining, EngineError, NotReady, QueueFull, SpeechJob, Ticket
 from tortoise_xpu.serve.metrics import Metrics
 from tortoise_xpu.serve.runner import SAMPLE_RATE, PipelineRunner
@@ -53,12 +55,14 @@ class EngineConfig:
 
 
 class _StreamState:
-    """Per streaming request: the crossfade and time-stretch state of its chunks."""
+    """Per streaming request: its windowed HiFi-GAN decoder, the codes it has been given, and the
+    time-stretch state of its chunks."""
 
-    def __init__(self, fader: Any, speed: float):
+    def __init__(self, vocoder: Any, speed: float):
         from tortoise_xpu.audio.stretch import TimeStretcher
 
-        self.fader = fader
+        self.vocoder = vocoder
+        self.pushed = 0  # codes whose hidden states went to the vocoder
         self.stretch = TimeStretcher(speed) if speed != 1.0 else None
         self.samples = 0
 
@@ -77,7 +81,7 @@ class Engine:
         self._in_flight: set[Ticket] = set()
         self._queued: set[Ticket] = set()  # accepted, no row in the AR batch yet: what --max-queue bounds
         self._prep = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-prep")
-        self._chunks: queue.Queue = queue.Queue()  # (active, hidden, final) for the stream thread; None stops it
+        self._chunks: queue.Queue = queue.Queue()  # (active, hidden so far, final) for the stream thread; None stops it
         self._stream = threading.Thread(target=self._stream_loop, name="tortoise-stream", daemon=True)
         self._stream.start()
         self._finish = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tortoise-finish")
@@ -187,7 +191,7 @@ class Engine:
             if ticket.cancelled.is_set() or ticket.expired():
                 raise EngineError("cancelled or expired before it started")
             prep = self.runner.prepare(job.text, job.voice, job.settings, job.candidates, job.seed, job.quality,
-                                       job.force_tokens)
+                                       job.force_tokens, cancel=lambda: ticket.cancelled.is_set() or ticket.expired())
         except (TortoiseError, EngineError) as exc:
             self._settle(ticket, "error", exc)
             return
@@ -195,7 +199,7 @@ class Engine:
             self._settle(ticket, "error", EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
             return
         active = Active(ticket=ticket, prep=prep, candidates=job.candidates)
-        active.stream_state = None if job.quality else _StreamState(self.runner.crossfader(job.overlap_wav_len), job.speed)
+        active.stream_state = None if job.quality else _StreamState(self.runner.stream_vocoder(prep), job.speed)
         self.scheduler.submit(active)
 
     # ----------------------------------------------------------------------------- later stages
@@ -203,52 +207,31 @@ class Engine:
         self._chunks.put((active, hidden, final))
 
     def _stream_loop(self) -> None:
-        """Vocode streaming chunks: everything waiting is taken at once and run in rounds (one chunk per
-        request per round, so each request's chunks stay in order), a round's chunks of equal length
-        as one HiFi-GAN batch."""
+        """Vocode streaming chunks in arrival order (one request's chunks arrive in order)."""
         while True:
             item = self._chunks.get()
             if item is None:
                 return
-            tasks = [item]
-            while True:
-                try:
-                    more = self._chunks.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._chunks.put(None)  # stop after this batch
-                    break
-                tasks.append(more)
-            while tasks:
-                this_round, later, seen = [], [], set()
-                for task in tasks:
-                    (later if id(task[0]) in seen else this_round).append(task)
-                    seen.add(id(task[0]))
-                groups: dict[int, list] = {}
-                for task in this_round:
-                    if not task[0].ticket.finished:  # cancelled or expired: nothing to voice
-                        groups.setdefault(task[1].shape[1], []).append(task)
-                for group in groups.values():
-                    self._vocode_group(group)
-                tasks = later
+            active, hidden, final = item
+            if not active.ticket.finished:  # cancelled, expired or failed: nothing to voice
+                self._vocode(active, hidden, final)
 
-    def _vocode_group(self, group: list) -> None:
-        try:
-            wavs = self.runner.vocode_stream_batch([h for _, h, _ in group], [a.prep.ar_latent for a, _, _ in group])
-        except Exception as exc:
-            for active, _, _ in group:
-                self._settle(active.ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
-                             EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
-            return
-        for (active, hidden, final), wav in zip(group, wavs):
-            self._deliver(active, wav, final, int(hidden.shape[1]))
-
-    def _deliver(self, active: Active, wav: torch.Tensor, final: bool, codes: int) -> None:
-        """Crossfade (and time-stretch) one request's new decode and post the audio it adds."""
+    def _vocode(self, active: Active, hidden: torch.Tensor, final: bool) -> None:
+        """Push one request's new hidden states to its decoder, time-stretch, and post the audio."""
         ticket = active.ticket
         st: _StreamState = active.stream_state
-        chunk = st.fader.push(wav, final=final).cpu().numpy()
+        codes = int(hidden.shape[1])
+        try:
+            with torch.no_grad():
+                chunk = st.vocoder.push(hidden[:, st.pushed:])
+                if final:
+                    chunk = torch.cat([chunk, st.vocoder.finish()])
+        except Exception as exc:
+            self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
+                         EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+            return
+        st.pushed = codes
+        chunk = chunk.numpy()
         if st.stretch is not None:
             chunk = np.concatenate([st.stretch.push(chunk), st.stretch.flush() if final else np.zeros(0, np.float32)])
         if chunk.size:
@@ -277,6 +260,11 @@ class Engine:
                 wav = time_stretch(wav, ticket.job.speed)
             ticket.post("audio", wav.astype(np.float32))
             self._settle(ticket, "done", {"samples": int(wav.size), "sample_rate": SAMPLE_RATE})
+        except RunCancelled:  # a stage saw the request's cancel check: the client left or the deadline passed
+            from tortoise_xpu.serve.jobs import Cancelled, DeadlineExceeded
+
+            self._settle(ticket, "error", Cancelled("the client closed the connection") if ticket.cancelled.is_set()
+                         else DeadlineExceeded("the request ran past its deadline"))
         except Exception as exc:
             self._settle(ticket, "error", exc if isinstance(exc, (TortoiseError, EngineError)) else
                          EngineError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))

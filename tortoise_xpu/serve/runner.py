@@ -4,15 +4,23 @@ Everything the server needs from the pipeline goes through :class:`PipelineRunne
 moving the server onto another pipeline layout (a shared model store and per-run contexts) means
 editing this file only.  The engine and the HTTP layer never import ``pipeline.tts`` or the models.
 
-What the runner offers, stage by stage (every random draw from the request's CPU generator, in
-the order ``TextToSpeech.tts`` makes them, so a request gives the audio ``tts``/``tts_stream``
-would give for the same seed):
+The runner holds one ``TextToSpeech`` for its model store (``tts.store``: every network loaded
+once, shared by all requests) and its Policies; each request gets its own
+:class:`~tortoise_xpu.pipeline.context.RunContext` (``tts.new_context``: Policy, CPU generator
+seeded by the request's seed, settings) and runs the pipeline's stage functions on the store, as
+``TextToSpeech.tts``/``tts_stream`` compose them.  Every random draw comes from the request's
+generator in the order ``tts`` makes them, so a request gives the audio ``tts``/``tts_stream``
+would give for the same seed.
 
-* :meth:`prepare` — text tokens, settings, voice latents and the AR uniforms of one request;
+What the runner offers, stage by stage:
+
+* :meth:`prepare` — text tokens, settings, voice latents (the conditioning stage) and the AR
+  uniforms of one request, with its run context;
 * :meth:`make_decoder` / :meth:`capacity` — the continuous AR batch over the AR model;
-* :meth:`vocode_stream` / :meth:`vocode_stream_batch` / :meth:`crossfader` — HiFi-GAN audio from
-  the AR hidden states so far, and the crossfade that joins the chunks (the fast path);
-* :meth:`finish` — rank candidates (CLVP), AR latents, diffusion and vocoder (the quality path);
+* :meth:`stream_vocoder` — the fast path's windowed HiFi-GAN decoder of one request
+  (``pipeline.stream_vocoder.StreamVocoder``: each chunk decodes its new frames plus the
+  receptive field, exact against the full decode, no crossfade);
+* :meth:`finish` — the quality path's stages: ranking (CLVP/CVVP), AR latents, diffusion, vocoder;
 * voices: :meth:`list_voices`, :meth:`create_voice`, :meth:`delete_voice`.
 """
 
@@ -23,11 +31,12 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from tortoise_xpu.errors import AudioError, UserError
+from tortoise_xpu.pipeline.context import RunContext
 
 __all__ = ["PipelineRunner", "Prepared", "VOICE_NAME", "SAMPLE_RATE", "VoiceNotFound"]
 
@@ -45,7 +54,7 @@ class VoiceNotFound(UserError):
 
 @dataclass
 class Prepared:
-    """One request made ready for the AR batch: tokens, draws, voice and settings."""
+    """One request made ready for the AR batch: tokens, draws, voice, settings and run context."""
 
     text_tokens: torch.Tensor           # (1, T) long
     ar_latent: torch.Tensor             # (1, D) float, on the device
@@ -54,8 +63,14 @@ class Prepared:
     sampling: Any                       # SamplingSettings
     max_tokens: int
     uniforms: torch.Tensor              # (candidates, max_tokens) float, CPU
-    generator: torch.Generator          # the request's generator, after the AR draws
+    ctx: RunContext                     # the request's run: Policy, generator (after the AR draws), settings
     force: bool = False
+    ar_mels: torch.Tensor | None = None  # the clips' AR mels (CVVP ranking), when the voice has clips
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The request's CPU generator (the diffusion noise and the vocoder draw from it next)."""
+        return self.ctx.generator
 
 
 def check_voice_name(name: str) -> str:
@@ -91,20 +106,47 @@ class PipelineRunner:
         self.loaded = False
 
     # ----------------------------------------------------------------------------- set-up
+    @property
+    def store(self):
+        """The model store every request shares (``pipeline.store.ModelStore``)."""
+        return self.tts.store
+
     def load(self) -> dict[str, float]:
-        """Load every model a request can need, now (so no request pays for it, and no two load it)."""
-        times = self.tts.load_models(SERVE_MODELS, candidates=1)
+        """Load every model a request can need into the store, now (so no request pays for it, and no
+        two load it): in the preparation of the Policy the server's runs use; seconds per model."""
+        import time
+
+        policy = self.tts.policy()
+        times = {}
+        for name in SERVE_MODELS:
+            start = time.perf_counter()
+            self.store.model(name, policy)
+            self.backend.synchronize()
+            times[name] = time.perf_counter() - start
         self.tts.text_tokens("warm up")  # loads the tokenizer
         self.loaded = True
         return times
 
+    def new_context(self, seed: int, settings: dict[str, Any] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> RunContext:
+        """A request's run context: the server's Policy, a CPU generator seeded with ``seed``, and
+        ``cancel`` (true once the request should stop: its stages then raise ``errors.Cancelled``).
+
+        Every request runs on one Policy (the store's default one), whatever its candidate count:
+        the continuous AR batch mixes requests, so they share one AR model and its preparation."""
+        from tortoise_xpu.pipeline.tts import DEFAULT_CANDIDATES
+
+        return self.tts.new_context(DEFAULT_CANDIDATES, seed=int(seed), settings=settings, cancel=cancel)
+
     def ar_model(self) -> torch.nn.Module:
-        """The AR model the continuous batch decodes with."""
-        return self.tts.model("autoregressive")
+        """The AR model the continuous batch decodes with (the store's, on the server's Policy)."""
+        return self.store.model("autoregressive", self.tts.policy())
 
     def cache_dtype(self) -> torch.dtype:
         """The KV cache dtype: the AR weights' (SDPA wants q and k of one dtype)."""
-        return next(p.dtype for p in self.ar_model().parameters() if p.is_floating_point())
+        from tortoise_xpu.pipeline.store import weight_dtype
+
+        return weight_dtype(self.ar_model())
 
     def capacity(self) -> int:
         """Rows per running AR batch: the Policy's AR batch size for a 16-candidate run."""
@@ -116,11 +158,14 @@ class PipelineRunner:
 
     # ----------------------------------------------------------------------------- requests
     def prepare(self, text: str, voice: str, settings: dict[str, Any], candidates: int, seed: int,
-                quality: bool, force_tokens: int | None = None) -> Prepared:
+                quality: bool, force_tokens: int | None = None, cancel: Callable[[], bool] | None = None) -> Prepared:
         """Tokens, voice latents and AR uniforms for one request, drawing as ``tts()`` does.
 
-        ``quality``: the diffusion path (needs the diffusion latent); else the streaming path.
-        Raises UserError (bad text/settings), VoiceNotFound, AudioError (unusable clips).
+        ``quality``: the diffusion path (needs the diffusion latent); else the streaming path (the AR
+        half of the conditioning only, as ``tts_stream``).  ``cancel``: checked by the quality path's
+        stages (the diffusion at every step), so a request whose client left or whose deadline passed
+        stops there with ``errors.Cancelled``.  Raises UserError (bad text/settings), VoiceNotFound,
+        AudioError (unusable clips).
         """
         from tortoise_xpu.pipeline.presets import resolve_settings
         from tortoise_xpu.pipeline.sampling import uniforms
@@ -134,17 +179,24 @@ class PipelineRunner:
             if s["sampler"] == "dpm++2m" and not s["cond_free"]:
                 raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
         tokens = self.tts.text_tokens(text)
-        gen = torch.Generator().manual_seed(int(seed))
-        ar_latent, diff_latent = self._voice_latents(voice, gen)
-        u = uniforms(gen, max_tokens, candidates).t().contiguous()
+        ctx = self.new_context(seed, s, cancel)
+        ar_latent, diff_latent, ar_mels = self._voice_latents(voice, ctx, quality)
+        u = uniforms(ctx.generator, max_tokens, candidates).t().contiguous()
         return Prepared(tokens, ar_latent.to(self.device), diff_latent.to(self.device) if quality else None,
-                        s, sampling, max_tokens, u, gen, bool(force_tokens))
+                        s, sampling, max_tokens, u, ctx, bool(force_tokens), ar_mels)
 
-    def _voice_latents(self, spec: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _voice_latents(self, spec: str, ctx: RunContext,
+                       quality: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(ar latent, diffusion latent or None, ar mels or None)`` of a voice spec (the conditioning
+        stage); the streaming path computes no diffusion latent from clips (no random draws there,
+        so the AR draws stay those of ``tts``)."""
+        from tortoise_xpu.pipeline import conditioning
         from tortoise_xpu.voices import RANDOM_VOICE, average_latents, load_voice_clips, resolve_voice
 
+        store = self.store
         if spec == RANDOM_VOICE:
-            return self.tts.get_random_conditioning_latents(generator=gen)
+            ar, diff = conditioning.random_latents(store, ctx)
+            return ar, diff, None
         parts = spec.split("&")
         for part in parts:
             if part == RANDOM_VOICE and len(parts) > 1:
@@ -153,13 +205,21 @@ class PipelineRunner:
             if part not in self.voice_names():
                 raise VoiceNotFound(f"unknown voice {part!r}; GET /v1/audio/voices lists the voices")
         voice = resolve_voice(spec, self.voice_dirs)
-        if voice.clips:
-            clips = load_voice_clips(voice.clips, AR_SAMPLE_RATE)
-            ar, diff = self.tts.get_conditioning_latents(clips, generator=gen)
-            if voice.latents:  # a mix of clip voices and latent voices: average the two kinds
-                ar, diff = average_latents([(ar, diff), average_latents(voice.latents)])
-            return ar, diff
-        return self._fit(voice.latents)
+        if not voice.clips:
+            ar, diff = self._fit(voice.latents)
+            return ar, diff, None
+        clips = load_voice_clips(voice.clips, AR_SAMPLE_RATE)
+        if quality:
+            ar, diff, ar_mels = conditioning.conditioning_latents(store, ctx, clips)
+        else:
+            (ar, ar_mels), diff = conditioning.ar_conditioning(store, ctx, clips), None
+        if voice.latents:  # a mix of clip voices and latent voices: average the two kinds
+            saved_ar, saved_diff = average_latents(voice.latents)
+            ar = torch.stack([ar.reshape(1, -1), saved_ar.reshape(1, -1)]).mean(0)
+            if diff is not None:
+                diff = torch.stack([diff.reshape(1, -1), saved_diff.reshape(1, -1)]).mean(0)
+            ar_mels = None  # CVVP would compare with the clips only, not the whole mix
+        return ar, diff, ar_mels
 
     def _fit(self, latents: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         from tortoise_xpu.voices import average_latents
@@ -206,58 +266,40 @@ class PipelineRunner:
 
         resolve_settings(settings, force_tokens)
 
-    @staticmethod
-    def crossfader(overlap: int):
-        """The streaming path's chunk joiner (``tts_stream``'s crossfade of successive decodes)."""
-        from tortoise_xpu.pipeline.stream import Crossfader
+    def stream_vocoder(self, prep: Prepared):
+        """The fast path's HiFi-GAN decoder of one request: a ``pipeline.stream_vocoder.StreamVocoder``
+        over the store's decoder, conditioned on the request's voice.  ``push(hidden (1, k, D))``
+        with each chunk's new AR hidden states returns the samples that are final (1-D float32,
+        CPU); ``finish()`` the rest.  Joined, they are the full decode of the request's hidden states."""
+        from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
-        return Crossfader(overlap)
-
-    def vocode_stream(self, hidden: torch.Tensor, ar_latent: torch.Tensor) -> torch.Tensor:
-        """HiFi-GAN audio (1-D float32, device) of AR hidden states (1, n, D), conditioned on the voice."""
-        hifi = self.tts.model("hifidecoder")
-        with torch.no_grad():
-            dt = next(hifi.parameters()).dtype
-            return hifi.inference(hidden.to(self.device, dt), g=ar_latent).float().reshape(-1)
-
-    def vocode_stream_batch(self, hiddens: Sequence[torch.Tensor], ar_latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """:meth:`vocode_stream` for several requests at once; every ``hiddens[i]`` is (1, n, D) with
-        the same n (HiFi-GAN's convolutions see the whole sequence, so padding would change the audio)."""
-        if len(hiddens) == 1:
-            return [self.vocode_stream(hiddens[0], ar_latents[0])]
-        hifi = self.tts.model("hifidecoder")
-        with torch.no_grad():
-            dt = next(hifi.parameters()).dtype
-            x = torch.cat([h.to(self.device, dt) for h in hiddens])
-            g = torch.cat([a.reshape(1, -1).to(self.device) for a in ar_latents])
-            out = hifi.inference(x, g=g).float()
-        return [row.reshape(-1) for row in out]
+        return StreamVocoder(self.store.model("hifidecoder", prep.ctx.policy), prep.ar_latent)
 
     def finish(self, prep: Prepared, codes: torch.Tensor) -> torch.Tensor:
-        """The quality path after AR sampling: CLVP picks the best candidate, then AR latents,
-        diffusion and vocoder; returns 24 kHz audio (S,) float32 on the CPU.
+        """The quality path after AR sampling, as ``TextToSpeech.tts`` composes its stages: fix the
+        stop tokens, rank the candidates (CLVP, and CVVP when asked and the voice has clips), AR
+        latents of the best, trimmed after its calm run, diffusion, vocoder; returns 24 kHz audio
+        (S,) float32 on the CPU.
 
         ``codes`` (N, max_tokens) stop-padded, one row per candidate in the order of the uniforms.
         """
+        from tortoise_xpu.pipeline import diffusion, latents, ranking, vocoding
         from tortoise_xpu.pipeline.codes import fix_autoregressive_output, trim_length
 
-        tts = self.tts
-        ar = self.ar_model()
-        codes = fix_autoregressive_output(codes.cpu(), ar.config.stop_mel_token)
-        if codes.shape[0] > 1:
-            _, best = tts.rank(prep.text_tokens, codes, 1, float(prep.settings["cvvp_amount"]), None)
+        store, ctx = self.store, prep.ctx
+        codes = fix_autoregressive_output(codes.cpu(), self.ar_model().config.stop_mel_token)
+        if codes.shape[0] > 1:  # one candidate is its own best: ranking draws nothing, so skipping it changes nothing
+            with ctx.timed("clvp"):
+                scores, best = ranking.rank(store, ctx, prep.text_tokens, codes, 1,
+                                            float(prep.settings["cvvp_amount"]), prep.ar_mels)
+            ctx.report.scores = scores.tolist()
             codes = codes[best]
-        text = prep.text_tokens.to(self.device)
-        with torch.no_grad():
-            latents = ar(prep.ar_latent, text, torch.tensor([text.shape[1]], device=self.device),
-                         codes.to(self.device),
-                         torch.tensor([codes.shape[1] * ar.config.mel_length_compression], device=self.device),
-                         return_latent=True, clip_inputs=False).float()
-            keep = trim_length(codes[0])
-            mel = tts.latents_to_mel(latents[:, :keep], prep.diff_latent, prep.settings, prep.generator)
-            vocoder = tts.model("vocoder")
-            dt = next(vocoder.parameters()).dtype
-            wav = vocoder.inference(mel.to(dt), generator=prep.generator).float().cpu()
+        with ctx.timed("latents"):
+            lat = latents.ar_latents(store, ctx, prep.ar_latent, prep.text_tokens, codes)
+        with ctx.timed("diffusion"):
+            mel = diffusion.latents_to_mel(store, ctx, lat[:, :trim_length(codes[0])], prep.diff_latent)
+        with ctx.timed("vocoder"):
+            wav = vocoding.vocode(store, ctx, mel)
         return wav.reshape(-1)
 
     # ----------------------------------------------------------------------------- voices
@@ -313,7 +355,9 @@ class PipelineRunner:
                     if seconds > max_seconds:
                         raise AudioError(f"{safe}: {seconds:.1f} s is longer than the {max_seconds:g} s allowed")
                     tensors.append(clip)
-                ar, diff = self.tts.get_conditioning_latents(tensors, generator=torch.Generator().manual_seed(0))
+                from tortoise_xpu.pipeline import conditioning
+
+                ar, diff, _ = conditioning.conditioning_latents(self.store, self.new_context(0), tensors)
                 save_latents(staging / f"{name}.pth", ar, diff)
                 staging.rename(self.voices_dir / name)
             finally:

@@ -40,7 +40,7 @@ class Active:
     waiting: int = 0                                             # candidates not yet joined
     next_chunk: int = 0                                          # code count of the next stream chunk
     failed: bool = False
-    stream_state: Any = None                                     # the engine's crossfade/stretch state
+    stream_state: Any = None                                     # the engine's stream decoder/stretch state
 
 
 class Scheduler:
