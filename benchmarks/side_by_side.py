@@ -15,7 +15,7 @@ Units:
 
 * ``batch``: one ``tts`` call, ``ultra_fast``, ``--candidates`` AR samples of ``--codes`` forced
   codes, the same text ("Hello world, this is a test.") and the same two synthetic voice clips
-  (``cli.bench.synthetic_voice``, written as WAV files and given to the original with ``--voice``);
+  (``audio.synthetic.synthetic_voice``, written as WAV files and given to the original with ``--voice``);
   the original at AR batch 16 (``--ar-batch-size 16``, its GPU heuristic, not its CPU default of 1),
   kv_cache on, after one warm-up call; ours with ``tortoise-xpu bench`` (its policy; one warm-up run).
 * ``stream``: one stream of ``--codes`` codes, random voice, the original's stream text, chunks of
@@ -87,12 +87,13 @@ def write_voice(folder: Path) -> list[str]:
     sys.path.insert(0, str(REPO))
     import soundfile as sf
 
-    from tortoise_xpu.cli.bench import VOICE_RATE, synthetic_voice
+    from tortoise_xpu.audio.rates import AR_SAMPLE_RATE
+    from tortoise_xpu.audio.synthetic import synthetic_voice
 
     paths = []
     for i, clip in enumerate(synthetic_voice()):
         path = folder / f"voice{i}.wav"
-        sf.write(str(path), clip.reshape(-1).numpy(), VOICE_RATE, subtype="FLOAT")
+        sf.write(str(path), clip.reshape(-1).numpy(), AR_SAMPLE_RATE, subtype="FLOAT")
         paths.append(str(path))
     return paths
 
