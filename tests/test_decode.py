@@ -342,6 +342,21 @@ def test_compiled_static_step_traces_and_gives_the_eager_codes(ar):
     assert torch.equal(eager.codes, compiled.codes)
 
 
+def test_a_failing_compile_falls_back_to_the_plain_step(ar, monkeypatch):
+    """A compiler that fails on the first call (as Inductor did on an H200) leaves the codes unchanged."""
+    def broken_compile(fn, **kwargs):
+        def compiled():
+            raise TypeError("list indices must be integers or slices, not NoneType")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    _, _, u = _inputs(2, 12, seed=6)
+    eager, _ = _decode(ar, "eager", u, steps=12)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the decode step failed"):
+        compiled, engine = _decode(ar, "static", u, steps=12, bucket=16, compile="inductor")
+    assert torch.equal(eager.codes, compiled.codes)
+
+
 def test_graph_mode_on_a_real_device(backend, ar):
     """Where the backend captures graphs (CUDA, ROCm, XPU with graphs): replays give the static path's
     codes bit for bit, and a second batch of the same shape reuses the captures."""

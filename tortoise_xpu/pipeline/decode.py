@@ -329,9 +329,32 @@ class DecodeEngine:
         fn: Callable[[], None] = step
         if self.compile and hasattr(torch, "compile"):
             # One compiled function per bucket: each has its own static shapes (and dynamo cache).
-            fn = torch.compile(step, backend=self.compile, dynamic=False)
+            fn = self._compiled_or_plain(torch.compile(step, backend=self.compile, dynamic=False), step, st, length)
         st.steps[length] = fn
         return fn
+
+    def _compiled_or_plain(self, compiled: Callable[[], None], plain: Callable[[], None], st: DecodeState,
+                           length: int) -> Callable[[], None]:
+        """``compiled``, or ``plain`` from its first call on when compiling fails there.
+
+        torch.compile compiles on the first call, before the step runs, so a compiler failure
+        (seen on an H200: Inductor could not generate the top-p cumulative sum) leaves the state
+        untouched and the plain step can take over; out of memory is the back-off's to handle.
+        """
+        def first_call() -> None:
+            try:
+                compiled()
+            except Exception as exc:
+                if is_oom_error(exc):
+                    raise
+                warnings.warn(f"torch.compile of the decode step failed ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); decoding without it", RuntimeWarning)
+                st.steps[length] = plain
+                plain()
+                return
+            st.steps[length] = compiled  # compiled fine: later calls go straight to it
+
+        return first_call
 
     def _run_bucket(self, ar, st: DecodeState, length: int) -> None:
         fn = self._step_fn(ar, st, length)
