@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.audio.rates import SAMPLE_RATE
-    from tortoise_xpu.cli.common import decode_text, sanitize_text
+    from tortoise_xpu.cli.common import decode_text, read_input_file, sanitize_text
     from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
                                            summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
@@ -127,14 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.text.split import split_for_reading
 
     target = check_cluster(args)
-    try:
-        raw = decode_text(open(args.jobs, "rb").read())
-    except FileNotFoundError:
-        raise UserError(f"jobs file not found: {args.jobs}") from None
-    except IsADirectoryError:
-        raise UserError(f"{args.jobs} is a folder, not a jobs file") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {args.jobs}: {exc.strerror}") from None
+    raw = decode_text(read_input_file(args.jobs, "jobs file"))
     jobs = parse_jobs(raw, args.jobs)
     desired, maximum = parse_text_split(args.text_split)
     out = Path(args.output)

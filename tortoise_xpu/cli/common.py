@@ -103,6 +103,22 @@ def tuning_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in TUNING_KEYS if getattr(args, k, None) is not None}
 
 
+def read_input_file(file: str, what: str) -> bytes:
+    """The bytes of an input file the user named (``what``: "text file", "jobs file"); a missing,
+    unreadable or folder path is a one-line UserError."""
+    from tortoise_xpu.errors import UserError
+
+    try:
+        with open(file, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {file}") from None
+    except IsADirectoryError:
+        raise UserError(f"{file} is a folder, not a {what}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror}") from None
+
+
 def read_text_input(text: str | None, file: str | None) -> str:
     """The text to speak from the positional argument, ``-f FILE`` or standard input.
 
@@ -119,15 +135,7 @@ def read_text_input(text: str | None, file: str | None) -> str:
     if file is not None:
         if file == "-":
             return sanitize_text(_stdin_text(), "standard input")
-        try:
-            raw = open(file, "rb").read()
-        except FileNotFoundError:
-            raise UserError(f"text file not found: {file}") from None
-        except IsADirectoryError:
-            raise UserError(f"{file} is a folder, not a text file") from None
-        except OSError as exc:
-            raise UserError(f"cannot read {file}: {exc.strerror}") from None
-        return sanitize_text(decode_text(raw), file)
+        return sanitize_text(decode_text(read_input_file(file, "text file")), file)
     if text is not None:
         return sanitize_text(text, "the text")
     if sys.stdin is None or sys.stdin.isatty():
