@@ -15,8 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
-                                     tuning_overrides)
+from tortoise_xpu.cli.common import tuning_overrides
 from tortoise_xpu.cli.longjobs import add_job_args, parse_text_split
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -34,10 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--regenerate", default="", help="job ids whose chunks get a new take, e.g. intro,ch2")
     add_job_args(p)
-    add_voice_args(p)
-    add_generation_args(p)
-    add_device_args(p)
-    add_models_dir_arg(p)
     p.set_defaults(func=run, preset="standard")
 
 

@@ -10,7 +10,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 
 def add_job_args(p: argparse.ArgumentParser) -> None:
-    """--cluster / --restart / --text-split / --float32 / -q / --json."""
+    """Every flag ``read`` and ``batch`` share: --cluster / --restart / --text-split / --float32 / -q /
+    --json, then the voice, generation, device and models-folder flags of every synthesis command."""
+    from tortoise_xpu.cli.common import add_device_args, add_generation_args, add_models_dir_arg, add_voice_args
+
     p.add_argument("--cluster", default=None, metavar="WHERE",
                    help="spread chunks over a Ray cluster: auto (the running cluster), ray://HOST:PORT, or "
                         "local[:N] (N workers on this machine); needs the cluster extra")
@@ -22,6 +25,10 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-redaction", action="store_true", help="speak [bracketed] text instead of cutting it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_voice_args(p)
+    add_generation_args(p)
+    add_device_args(p)
+    add_models_dir_arg(p)
 
 
 def parse_text_split(value: str) -> tuple[int, int]:

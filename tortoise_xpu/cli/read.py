@@ -6,8 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from tortoise_xpu.cli.common import (add_device_args, add_generation_args, add_models_dir_arg, add_voice_args,
-                                     read_text_input, tuning_overrides)
+from tortoise_xpu.cli.common import read_text_input, tuning_overrides
 from tortoise_xpu.cli.longjobs import add_job_args, parse_text_split
 
 
@@ -22,10 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--regenerate", default="", help="chunk numbers to make a new take of, e.g. 3,7")
     add_job_args(p)
-    add_voice_args(p)
-    add_generation_args(p)
-    add_device_args(p)
-    add_models_dir_arg(p)
     p.set_defaults(func=run, preset="standard")
 
 
