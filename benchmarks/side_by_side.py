@@ -162,6 +162,9 @@ def ours_stream(argv: list[str]) -> int:
     p.add_argument("--ar-int8", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default="cpu", help="our side's device (the original's stream runs on the CPU here)")
+    p.add_argument("--chunk-size", type=int, default=40, help="stream_chunk_size (default 40, the original's)")
+    p.add_argument("--first-buffer", type=int, default=60,
+                   help="codes before the first chunk at the least (default 60, what the original hard-codes)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -182,7 +185,8 @@ def ours_stream(argv: list[str]) -> int:
         stats = StreamStats()
         start = time.perf_counter()
         first, samples = None, 0
-        for chunk in tts.tts_stream(STREAM_TEXT, seed=STREAM_SEED, force_tokens=a.codes, stats=stats):
+        for chunk in tts.tts_stream(STREAM_TEXT, seed=STREAM_SEED, force_tokens=a.codes, stats=stats,
+                                    stream_chunk_size=a.chunk_size, first_buffer=a.first_buffer):
             first = time.perf_counter() - start if first is None else first
             samples += chunk.numel()
         total = time.perf_counter() - start

@@ -251,7 +251,8 @@ def _tensors(draw):
     base = torch.zeros(n, dtype=dtype) if n else torch.zeros(0, dtype=dtype)
     if dtype.is_floating_point and n:
         fill = draw(st.sampled_from([0.0, 1.0, float("nan"), float("inf"), -1e30]))
-        base[draw(st.integers(0, n - 1))] = fill
+        # Cast as a tensor: -1e30 becomes -inf in float16 (torch < 2.5 refuses the Python scalar outright).
+        base[draw(st.integers(0, n - 1))] = torch.tensor(fill, dtype=torch.float64).to(dtype)
     if n and draw(st.booleans()):
         shape = tuple(draw(st.lists(st.integers(1, 10**5), min_size=1, max_size=3)))
         return base.as_strided(shape, (0,) * len(shape))  # expanded: numel may be 10**15

@@ -11,8 +11,9 @@ receptive field on each side) and emits only audio that later codes cannot chang
 chunks joined are exactly the full decode of the final latent sequence, with no crossfade
 (``overlap_wav_len`` is accepted for the original's signature and unused).
 
-Timing of the chunks, as the original: the first after ``max(stream_chunk_size, 60)``
-codes, then every ``stream_chunk_size`` codes, and the rest when the stop token comes.
+Timing of the chunks: the first after ``max(stream_chunk_size, first_buffer)`` codes (20 and 20 by
+default; the original hard-codes 60 and defaults to 40), then every ``stream_chunk_size`` codes, and
+the rest when the stop token comes.
 Each chunk holds back its last ~0.23 s (the decoder's receptive field plus the interpolation's
 edge) until the next chunk or the end; unlike the original, nothing is dropped at the end.
 
@@ -42,9 +43,14 @@ from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
 from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
 
-__all__ = ["FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
+__all__ = ["CHUNK_SIZE", "FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
 
-FIRST_BUFFER = 60  # codes before the first chunk at the least (the original's first_buffer)
+#: Codes per chunk and before the first chunk at the least.  The original waits for 60 codes, then
+#: cuts every 40, because each chunk re-decodes everything so far and crossfades into the last; the
+#: windowed decoder's chunks join exactly whatever their size, so ours are smaller: first audio after
+#: 20 codes (1.4 s instead of 3.4–4.2 s on a 2-core Zen 4, same total; docs/performance.md).
+CHUNK_SIZE = 20
+FIRST_BUFFER = 20
 
 
 @dataclass
@@ -64,7 +70,7 @@ class StreamOptions:
     end), the first after ``max(chunk_size, first_buffer)`` codes; ``overlap`` is the original's crossfade length,
     accepted and unused (the windowed decoder needs no crossfade)."""
 
-    chunk_size: int = 40
+    chunk_size: int = CHUNK_SIZE
     overlap: int = 1024
     first_buffer: int = FIRST_BUFFER
 

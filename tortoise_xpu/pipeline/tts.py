@@ -31,7 +31,7 @@ from tortoise_xpu.pipeline.context import Progress, RunContext, RunReport
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings
 from tortoise_xpu.pipeline.store import ModelStore
-from tortoise_xpu.pipeline.stream import FIRST_BUFFER, StreamOptions, StreamStats, stream_speech
+from tortoise_xpu.pipeline.stream import CHUNK_SIZE, FIRST_BUFFER, StreamOptions, StreamStats, stream_speech
 from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, SAMPLE_RATE
 
 __all__ = ["AR_SAMPLE_RATE", "SAMPLE_RATE", "Progress", "RunReport", "TextToSpeech"]
@@ -352,7 +352,7 @@ class TextToSpeech:
     # ------------------------------------------------------------------------------------ streaming
     def tts_stream(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
                    conditioning_latents: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None, *,
-                   seed: int | None = None, stream_chunk_size: int = 40, overlap_wav_len: int = 1024,
+                   seed: int | None = None, stream_chunk_size: int = CHUNK_SIZE, overlap_wav_len: int = 1024,
                    first_buffer: int = FIRST_BUFFER, force_tokens: int | None = None, stats: StreamStats | None = None,
                    cancel: threading.Event | Callable[[], bool] | None = None, **settings: Any) -> Iterator[torch.Tensor]:
         """Speak ``text`` as a generator of 24 kHz audio chunks (1-D float32 CPU tensors).

@@ -226,9 +226,9 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Starlette:
             raise ApiError(400, " ".join(str(exc).split()), code="invalid_value") from None
         job = SpeechJob(text=text, voice=voice, quality=spec["quality"], settings=settings, seed=seed,
                         candidates=candidates, speed=float(speed),
-                        stream_chunk_size=int(body.get("stream_chunk_size", 40)),
+                        stream_chunk_size=int(body.get("stream_chunk_size", 20)),
                         overlap_wav_len=int(body.get("overlap_wav_len", 1024)),
-                        first_buffer=int(body.get("first_buffer", 60)),
+                        first_buffer=int(body.get("first_buffer", 20)),
                         deadline_s=float(deadline) if deadline is not None else None, force_tokens=force)
         return job, fmt, stream_format
 

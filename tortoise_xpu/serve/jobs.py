@@ -32,8 +32,8 @@ class SpeechJob:
     seed: int
     candidates: int = 1
     speed: float = 1.0
-    stream_chunk_size: int = 40
-    first_buffer: int = 60
+    stream_chunk_size: int = 20  # pipeline/stream.py's CHUNK_SIZE and FIRST_BUFFER
+    first_buffer: int = 20
     overlap_wav_len: int = 1024
     force_tokens: int | None = None
     deadline_s: float | None = None
