@@ -84,6 +84,18 @@ def test_api_knobs_are_checked(tiny_models_dir, kwargs):
     assert not tts.store.loaded()  # refused before any model loaded
 
 
+def test_dpm_sampler_needs_cond_free_where_it_diffuses(tiny_models_dir):
+    from tortoise_xpu.pipeline.tts import TextToSpeech
+    from tortoise_xpu.pipeline.validate import check_diffusion_settings
+
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
+    with pytest.raises(UserError, match="dpm\\+\\+2m sampler needs conditioning-free guidance"):
+        tts.tts("Hello.", sampler="dpm++2m", cond_free=False)
+    assert not tts.store.loaded()  # refused before any model loaded
+    check_diffusion_settings({"sampler": "dpm++2m", "cond_free": True})
+    check_diffusion_settings({"sampler": "ddim", "cond_free": False})
+
+
 def test_api_text_must_be_a_string(tiny_models_dir):
     from tortoise_xpu.pipeline.tts import TextToSpeech
 

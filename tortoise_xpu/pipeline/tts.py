@@ -255,18 +255,12 @@ class TextToSpeech:
         """Every check of a ``tts()`` request, before anything runs: ``(settings, sampling, max
         tokens, redaction parse or None)``; raises UserError with one line."""
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
+        # resolve_settings checked every knob's range (validate.RANGES: samples >= 1, a known sampler)
         num_samples = int(s["num_autoregressive_samples"])
-        if num_samples < 1:
-            raise UserError("num_autoregressive_samples must be at least 1")
         if not 1 <= k <= num_samples:
             raise UserError(f"k (candidates returned) must be between 1 and num_autoregressive_samples "
                             f"({num_samples}), got {k}")
-        from tortoise_xpu.diffusion.samplers import SAMPLERS
-
-        if s["sampler"] not in SAMPLERS:
-            raise UserError(f"unknown sampler {s['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
-        if s["sampler"] == "dpm++2m" and not s["cond_free"]:
-            raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
+        validate.check_diffusion_settings(s)
         parsed = None
         if self.enable_redaction and ("[" in text or "]" in text):
             from tortoise_xpu.text.split import parse_redaction

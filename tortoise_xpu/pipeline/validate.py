@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 from tortoise_xpu.errors import UserError
 
 __all__ = ["Range", "RANGES", "SEED_LIMIT", "check_setting", "check_settings", "check_seed", "check_text",
-           "check_k", "check_voice_samples", "check_latents", "check_tts_inputs", "arg_type", "seed_arg",
+           "check_k", "check_diffusion_settings", "check_voice_samples", "check_latents", "check_tts_inputs", "arg_type", "seed_arg",
            "positive_int_arg", "SAMPLER_NAMES"]
 
 #: Seeds are integers 0 <= seed < 2**63 (what the per-chunk seed derivation and torch accept).
@@ -146,6 +146,13 @@ def check_setting(name: str, value: Any) -> Any:
 def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of ``settings`` checked and normalised (ints as int, floats as float)."""
     return {k: check_setting(k, v) for k, v in settings.items()}
+
+
+def check_diffusion_settings(settings: Mapping[str, Any]) -> None:
+    """The rule between knobs that the per-knob ranges cannot say, for runs that diffuse: the dpm++2m
+    sampler needs conditioning-free guidance (a stream, which never diffuses, is not held to it)."""
+    if settings.get("sampler") == "dpm++2m" and not settings.get("cond_free"):
+        raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
 
 
 def check_seed(seed: Any) -> int | None:

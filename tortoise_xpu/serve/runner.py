@@ -169,15 +169,11 @@ class PipelineRunner:
         """
         from tortoise_xpu.pipeline.presets import resolve_settings
         from tortoise_xpu.pipeline.sampling import uniforms
+        from tortoise_xpu.pipeline.validate import check_diffusion_settings
 
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
         if quality:
-            from tortoise_xpu.diffusion.samplers import SAMPLERS
-
-            if s["sampler"] not in SAMPLERS:
-                raise UserError(f"unknown sampler {s['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
-            if s["sampler"] == "dpm++2m" and not s["cond_free"]:
-                raise UserError("the dpm++2m sampler needs conditioning-free guidance (cond_free=True)")
+            check_diffusion_settings(s)  # the ranges were checked by resolve_settings
         tokens = self.tts.text_tokens(text)
         ctx = self.new_context(seed, s, cancel)
         ar_latent, diff_latent, ar_mels = self._voice_latents(voice, ctx, quality)
