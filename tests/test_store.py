@@ -244,6 +244,30 @@ def test_a_checkpoint_override_gives_that_models_output(tiny_models_dir, other_a
     assert override.checkpoint_overrides() == {"autoregressive.pth": str(elsewhere)}
 
 
+def test_read_uses_the_checkpoint_override_and_records_it(tiny_models_dir, other_ar, tmp_path, capsys):
+    """``read`` builds its engine with the --X-checkpoint flags (as speak does): its chunks equal a
+    read of a folder holding that AR, and the manifest's model fingerprint tells them apart."""
+    import json
+
+    from tests.error_cases import run_cli
+    from tortoise_xpu.pipeline.chunk_synthesis import models_fingerprint
+
+    folder, elsewhere = other_ar
+    book = tmp_path / "book.txt"
+    book.write_text("Fine tuned. Read aloud.")
+    base = ["read", book, "--device", "cpu", "--seed", "3", "--num-autoregressive-samples", "2",
+            "--diffusion-iterations", "2", "--max-mel-tokens", "10", "-q"]
+    code, _, err = run_cli([*base, "--models-dir", tiny_models_dir, "--ar-checkpoint", elsewhere,
+                            "-o", tmp_path / "ft"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*base, "--models-dir", folder, "-o", tmp_path / "folder"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ft" / "combined.wav").read_bytes() == (tmp_path / "folder" / "combined.wav").read_bytes()
+    manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text())
+    assert manifest["models"] == models_fingerprint(tiny_models_dir, {"autoregressive": elsewhere})
+    assert manifest["models"] != models_fingerprint(tiny_models_dir)
+
+
 def test_bad_checkpoint_overrides_are_one_line_errors(tiny_models_dir, tmp_path):
     from tortoise_xpu import TextToSpeech
 

@@ -112,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.audio.rates import SAMPLE_RATE
     from tortoise_xpu.cli.common import decode_text, read_input_file, sanitize_text
-    from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
-                                           summary, wav_joiner)
+    from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, job_models, make_executor,
+                                           print_summary, summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
-    from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
+    from tortoise_xpu.pipeline.chunk_synthesis import load_voice
     from tortoise_xpu.pipeline.longform import Unit, chunk_filename, load_state, run_units, settings_key
     from tortoise_xpu.pipeline.presets import preset_settings
     from tortoise_xpu.text.split import split_for_reading
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         units += job_units
         outputs[job.output] = [u.key for u in job_units]
     redo = {u.key for u in units if u.job in regenerate}
-    models = models_fingerprint(args.models_dir)
+    models = job_models(args)
     progress = JobProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     subtype = "FLOAT" if args.float32 else "PCM_16"
     # stdout carries the --json summary only (Ray's driver prints its notices there).

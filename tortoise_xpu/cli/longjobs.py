@@ -94,11 +94,21 @@ class JobProgress:
                                                               f"{self.worker_done[name] / minutes:.1f}/min")
 
 
+def job_models(args: argparse.Namespace) -> str:
+    """The fingerprint of the model files a job's chunks are made with: the models folder's, with
+    the ``--X-checkpoint`` overrides in place of the official files they replace."""
+    from tortoise_xpu.cli.common import checkpoint_overrides
+    from tortoise_xpu.pipeline.chunk_synthesis import models_fingerprint
+
+    return models_fingerprint(args.models_dir, checkpoint_overrides(args))
+
+
 def make_executor(args: argparse.Namespace, target, models: str, progress: JobProgress) -> Callable[[], Any]:
     """A factory of the run's executor: Ray workers with ``--cluster``, else one in-process engine."""
+    from tortoise_xpu.cli.common import checkpoint_overrides
     from tortoise_xpu.pipeline.chunk_synthesis import engine_spec_from_args
 
-    spec = engine_spec_from_args(args)
+    spec = engine_spec_from_args(args, checkpoints=checkpoint_overrides(args))
     if target is not None:
         from tortoise_xpu.cluster.executor import RayExecutor
 

@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tortoise_xpu.audio.io import load_audio, save_wav
     from tortoise_xpu.audio.rates import SAMPLE_RATE
-    from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, make_executor, print_summary,
-                                           summary, wav_joiner)
+    from tortoise_xpu.cli.longjobs import (JobProgress, check_cluster, interrupted, job_models, make_executor,
+                                           print_summary, summary, wav_joiner)
     from tortoise_xpu.cli.synth import resolve_seed
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.fileio import check_writable_folder
-    from tortoise_xpu.pipeline.chunk_synthesis import load_voice, models_fingerprint
+    from tortoise_xpu.pipeline.chunk_synthesis import load_voice
     from tortoise_xpu.pipeline.longform import load_state, read_job
     from tortoise_xpu.pipeline.presets import preset_settings
     from tortoise_xpu.text.split import speakable_chunks, split_for_reading
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     seed = resolve_seed(seed)
     run_settings = {**settings, "voice": args.voice, "force_tokens": args.force_tokens}
     voice = load_voice(args.voice, args.voices_dir)
-    models = models_fingerprint(args.models_dir)
+    models = job_models(args)
     progress = JobProgress(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     subtype = "FLOAT" if args.float32 else "PCM_16"
     # stdout carries the --json summary only (Ray's driver prints its notices there).

@@ -30,7 +30,8 @@ from tortoise_xpu.pipeline.longform import Task, TaskResult
 class EngineSpec:
     """How a worker builds its engine: the device and memory flags of the CLI (picklable).
 
-    ``threads``: torch intra-op threads for this worker (None: torch's default).
+    ``threads``: torch intra-op threads for this worker (None: torch's default).  ``checkpoints`` and
+    ``ar_int8`` are ``TextToSpeech``'s arguments of those names.
     """
 
     models_dir: str | None = None
@@ -41,6 +42,10 @@ class EngineSpec:
     high_vram: bool = False
     enable_redaction: bool = True
     threads: int | None = None
+    #: ``--X-checkpoint`` overrides as (network, absolute path) pairs: every worker loads the same
+    #: fine-tuned files (the paths must exist on the workers' machines too).
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    ar_int8: bool | None = None
 
 
 @dataclass
@@ -69,18 +74,23 @@ def load_voice(spec: str, voices_dirs: Sequence[str] = ()) -> VoiceMaterial:
 _FINGERPRINT_BYTES = 1 << 20
 
 
-def models_fingerprint(models_dir: str | os.PathLike | None) -> str:
+def models_fingerprint(models_dir: str | os.PathLike | None,
+                       checkpoints: Mapping[str, str | os.PathLike] | None = None) -> str:
     """A cheap identity of the core model files: name, size and sha256 of the first and last MiB.
 
     Not a checksum (``models verify`` is one): it tells whether chunks were made with the same
     files without reading gigabytes, and gives the same answer on every machine holding the same
-    files (no paths or times in it).
+    files (no paths or times in it).  ``checkpoints`` (network -> file, the ``--X-checkpoint``
+    overrides) stand in for the folder's copies, so chunks of a fine-tuned model are told apart.
     """
     from tortoise_xpu import assets
 
+    overrides = {assets.asset(network).name: Path(path) for network, path in (checkpoints or {}).items()}
+    names = list(assets.resolve_names(None, core_only=True))
+    names += sorted(set(overrides) - set(names))  # a fine-tuned network outside the core set too
     h = hashlib.sha256()
-    for name in assets.resolve_names(None, core_only=True):
-        path = assets.find(name, models_dir)
+    for name in names:
+        path = overrides.get(name) or assets.find(name, models_dir)
         h.update(name.encode() + b"\0")
         if path is None:
             h.update(b"missing\0")
@@ -109,7 +119,8 @@ class ChunkEngine:
         self._fingerprint: str | None = None
         self.tts = TextToSpeech(models_dir=spec.models_dir, device=spec.device, dtype=spec.dtype,
                                 batch_size=spec.batch_size, low_vram=spec.low_vram, high_vram=spec.high_vram,
-                                enable_redaction=spec.enable_redaction)
+                                enable_redaction=spec.enable_redaction, checkpoints=dict(spec.checkpoints),
+                                ar_int8=spec.ar_int8)
 
     @property
     def device_name(self) -> str:
@@ -121,7 +132,7 @@ class ChunkEngine:
         by then every file it uses is there, downloaded on first use or not)."""
         if self._fingerprint is not None:
             return self._fingerprint
-        return models_fingerprint(self.tts.models_dir)
+        return models_fingerprint(self.tts.models_dir, self.tts.checkpoints)
 
     def voice_latents(self, material: VoiceMaterial | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ar (1, D), diffusion (1, 2D))`` latents for a voice, made once per job seed.
@@ -161,7 +172,7 @@ class ChunkEngine:
         except TortoiseError as exc:
             return TaskResult(task.key, None, worker, time.monotonic() - t0, ("runtime", str(exc)))
         if self._fingerprint is None:
-            self._fingerprint = models_fingerprint(self.tts.models_dir)
+            self._fingerprint = models_fingerprint(self.tts.models_dir, self.tts.checkpoints)
         return TaskResult(task.key, wav, worker, time.monotonic() - t0, models=self._fingerprint)
 
 
@@ -197,10 +208,17 @@ class LocalExecutor:
         return {"workers": [{"name": self.name, "device": self.engine.device_name}], "retries": 0}
 
 
-def engine_spec_from_args(args: Any, threads: int | None = None) -> EngineSpec:
-    """An :class:`EngineSpec` from the CLI's device / memory / models-dir flags."""
+def engine_spec_from_args(args: Any, threads: int | None = None,
+                          checkpoints: Mapping[str, str] | None = None) -> EngineSpec:
+    """An :class:`EngineSpec` from the CLI's device / memory / models-dir / ``--ar-int8`` flags and
+    the ``--X-checkpoint`` overrides (``checkpoints``: network -> file)."""
+    from tortoise_xpu.backends.policy import parse_ar_int8
+
     models_dir = getattr(args, "models_dir", None)
     return EngineSpec(models_dir=str(Path(models_dir).expanduser().resolve()) if models_dir else None,
                       device=args.device, dtype=args.dtype, batch_size=args.batch_size, low_vram=args.low_vram,
                       high_vram=args.high_vram, enable_redaction=not getattr(args, "disable_redaction", False),
-                      threads=threads)
+                      threads=threads,
+                      checkpoints=tuple(sorted((n, str(Path(p).expanduser().resolve()))
+                                               for n, p in (checkpoints or {}).items())),
+                      ar_int8=parse_ar_int8(getattr(args, "ar_int8", None)))
