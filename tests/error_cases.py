@@ -233,7 +233,7 @@ _CASES = [
        "version 2); move it away to start the folder afresh", r"manifest", r"move it away"),
     _c("batch.bad_line", LONGFORM, "a `batch` jobs line that is not a JSON object, lacks id/text, has an unknown "
        "field, preset, bad seed or output name, or repeats an id or output", "refused", 2,
-       "error: jobs.jsonl:3: \"seed\" must be an integer from 0 to 2**63-1, got -1 · error: jobs.jsonl:2: id "
+       "error: jobs.jsonl:3: \"seed\" must be an integer 0 <= seed < 2**63; got -1 · error: jobs.jsonl:2: id "
        "'a' is already used on line 1", r"^error: \S+:\d+: "),
     _c("batch.empty", LONGFORM, "a `batch` jobs file with no jobs (empty, blank lines only)", "refused", 2,
        "error: jobs.jsonl holds no jobs (one JSON object a line)", r"holds no jobs"),

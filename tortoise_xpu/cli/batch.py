@@ -55,6 +55,7 @@ def parse_jobs(raw: str, source: str) -> list[Job]:
 
     from tortoise_xpu.errors import UserError
     from tortoise_xpu.pipeline.presets import PRESETS
+    from tortoise_xpu.pipeline.validate import check_seed
 
     jobs: list[Job] = []
     ids: dict[str, int] = {}
@@ -88,9 +89,10 @@ def parse_jobs(raw: str, source: str) -> list[Job]:
         preset = obj.get("preset")
         if preset is not None and preset not in PRESETS:
             raise UserError(f"{where}: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-        seed = obj.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
-            raise UserError(f"{where}: \"seed\" must be an integer from 0 to 2**63-1, got {seed!r}")
+        try:
+            seed = check_seed(obj.get("seed"))
+        except UserError as exc:
+            raise UserError(f"{where}: \"seed\" {str(exc).removeprefix('seed ')}") from None  # "seed must be ..."
         output = obj.get("output", f"{jid}.wav")
         if not isinstance(output, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,195}\.wav$", output):
             raise UserError(f"{where}: \"output\" must be a plain file name ending in .wav (no folders), "

@@ -177,8 +177,11 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Starlette:
         seed = body.get("seed")
         if seed is None:
             seed = secrets.randbelow(MAX_SEED)
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
-            raise ApiError(400, "'seed' must be an integer from 0 to 2**63-1", param="seed", code="invalid_value")
+        else:
+            try:
+                seed = engine.runner.check_seed(seed)
+            except UserError as exc:
+                raise ApiError(400, f"'seed': {exc}", param="seed", code="invalid_value") from None
         spec = MODELS[model]
         settings = {k: body[k] for k in KNOBS if k in body}
         candidates = body.get("candidates")

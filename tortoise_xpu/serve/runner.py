@@ -256,6 +256,13 @@ class PipelineRunner:
         return preset_settings(preset, **overrides)
 
     @staticmethod
+    def check_seed(seed: Any) -> int:
+        """A request's seed as the pipeline takes them (an integer 0 <= seed < 2**63), else UserError."""
+        from tortoise_xpu.pipeline.validate import check_seed
+
+        return check_seed(seed)
+
+    @staticmethod
     def check_settings(settings: dict[str, Any], force_tokens: int | None = None) -> None:
         """The pipeline's own checks of the knobs (UserError naming the bad one), before queueing."""
         from tortoise_xpu.pipeline.presets import resolve_settings
