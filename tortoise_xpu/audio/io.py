@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tortoise_xpu.audio.rates import SAMPLE_RATE
 from tortoise_xpu.audio.resample import resample
 from tortoise_xpu.errors import AudioError, TortoiseError
 
@@ -164,7 +165,7 @@ def _inspect(samples: torch.Tensor, rate: int, path: Path, check: bool) -> None:
 _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".mp3": "MP3"}
 
 
-def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = 24000,
+def save_wav(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int = SAMPLE_RATE,
              subtype: str = "PCM_16") -> Path:
     """Write audio to ``path`` atomically (temporary file in the same folder, then rename).
 
@@ -230,7 +231,7 @@ def check_audio_output(target: str | os.PathLike) -> str:
     return format_for_suffix(path.suffix)
 
 
-def write_audio(target: str | os.PathLike, wav: torch.Tensor, sr: int = 24000, *, float32: bool = False) -> str:
+def write_audio(target: str | os.PathLike, wav: torch.Tensor, sr: int = SAMPLE_RATE, *, float32: bool = False) -> str:
     """Write audio where :func:`check_audio_output` allowed: in the format the extension names,
     atomically, or as WAV bytes to standard output for ``-``.  ``float32`` writes 32-bit float WAV
     (other formats keep their own encoding).  Returns the target as a string."""

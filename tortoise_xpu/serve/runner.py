@@ -35,13 +35,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, SAMPLE_RATE
 from tortoise_xpu.errors import AudioError, UserError
 from tortoise_xpu.pipeline.context import RunContext
 
 __all__ = ["PipelineRunner", "Prepared", "VOICE_NAME", "SAMPLE_RATE", "VoiceNotFound"]
 
-SAMPLE_RATE = 24000
-AR_SAMPLE_RATE = 22050
 #: Voice names over HTTP: letters, digits, ``_`` and ``-``, starting with a letter or digit.
 VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: Models a server run can use (random voices need the rlg pair; the fast path the HiFi-GAN).
