@@ -62,9 +62,14 @@ def test_model_place_is_the_stores_decision(tts, tiny_models_dir):
             assert next(m.parameters()).device.type == "meta"
 
 
-def test_kv_cache_dtype_follows_the_model_weights(tts):
+def test_kv_cache_dtype_follows_the_model_weights(tiny_models_dir, monkeypatch):
     # A model whose weights are bfloat16 under a float32 policy: the cache must be bfloat16 too,
-    # or scaled_dot_product_attention sees bfloat16 queries against float32 keys.
+    # or scaled_dot_product_attention sees bfloat16 queries against float32 keys.  (Unpacked: a
+    # packed model keeps its layers' dtype through Module.to, tests/test_packed.py.)
+    from tortoise_xpu import TextToSpeech
+
+    monkeypatch.setenv("TORTOISE_XPU_PACKED", "0")
+    tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", auto_download=False)
     ar = tts.model("autoregressive").to(torch.bfloat16)
     assert tts.policy(2).ar_dtype == torch.float32
     cond = torch.randn(1, ar.config.model_dim, generator=torch.Generator().manual_seed(0))

@@ -52,10 +52,12 @@ def test_batch_size_does_not_change_candidates(tiny_models_dir):
     assert torch.equal(gen(t1), gen(t4))
 
 
-def test_cpu_policy_loads_the_ar_model_with_weight_first_linears(tiny_models_dir):
-    """Policy.ar_weight_first reaches the model: its GPT-2 weights are laid out out-major at load."""
+def test_cpu_policy_loads_the_ar_model_with_weight_first_linears(tiny_models_dir, monkeypatch):
+    """Policy.ar_weight_first reaches the model: its GPT-2 weights are laid out out-major at load
+    (where the weights are not prepacked: TORTOISE_XPU_PACKED=0; packed, tests/test_packed.py)."""
     from tortoise_xpu import TextToSpeech
 
+    monkeypatch.setenv("TORTOISE_XPU_PACKED", "0")
     tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
     assert tts.policy(16).ar_weight_first
     ar = tts.model("autoregressive")
@@ -65,16 +67,30 @@ def test_cpu_policy_loads_the_ar_model_with_weight_first_linears(tiny_models_dir
     assert not bf16.policy(16).ar_weight_first and not bf16.model("autoregressive").weight_first
 
 
-def test_half_precision_diffusion_runs_the_autocast_scheme(tiny_models_dir):
+@pytest.mark.parametrize("packed", [False, True])
+def test_half_precision_diffusion_runs_the_autocast_scheme(tiny_models_dir, monkeypatch, packed):
     """At a half dtype the diffusion decoder keeps float32 edges and autocasts its main layers (the
-    original's use_fp16), with those layers' weights stored in the half dtype; the AR model is cast."""
+    original's use_fp16), with those layers' weights stored in the half dtype; the AR model is cast.
+    Packed (the CPU's weights prepacked for oneDNN), every per-step layer is in the half dtype: the
+    first main layer and the step integrator too; the input block and the output stay float32."""
     from tortoise_xpu import TextToSpeech
 
+    monkeypatch.setenv("TORTOISE_XPU_PACKED", "1" if packed else "0")
     tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu", dtype="bfloat16")
+    assert tts.policy(16).packed_weights is packed
     diffusion = tts.model("diffusion")
     assert diffusion.layer_autocast_dtype == torch.bfloat16
-    assert diffusion.inp_block.weight.dtype == diffusion.layers[0].resblk.out_layers[3].weight.dtype == torch.float32
-    assert diffusion.layers[1].attn.qkv.weight.dtype == torch.bfloat16
+    assert diffusion.autocast_every_step_layer is packed and diffusion.channels_last is packed
+
+    def dtype(layer):  # a plain layer's weight dtype, or a packed layer's (models/packed.py)
+        return layer.weight.dtype if hasattr(layer, "weight") else layer.dtype
+
+    first = torch.bfloat16 if packed else torch.float32
+    assert dtype(diffusion.inp_block) == dtype(diffusion.out[-1]) == torch.float32
+    assert dtype(diffusion.layers[0].resblk.out_layers[3]) == first
+    assert dtype(diffusion.conditioning_timestep_integrator[0].attn.qkv) == first
+    assert dtype(diffusion.layers[1].attn.qkv) == torch.bfloat16
+    assert type(diffusion.layers[1].attn.qkv).__name__ == ("PackedConv1d" if packed else "Conv1d")
     assert next(tts.model("autoregressive").parameters()).dtype == torch.bfloat16
     wav = tts.tts_with_preset("Half precision.", preset="ultra_fast", seed=2, **FAST)
     assert wav.dtype == torch.float32 and torch.isfinite(wav).all()

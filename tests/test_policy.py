@@ -158,7 +158,7 @@ def test_weight_first_ar_linears_only_where_the_backend_says_and_in_float32():
     assert not sim_policy(SIM_BY_KEY["cpu"], dtype="bfloat16").ar_weight_first  # measured for sgemm only
     assert not any(sim_policy(SIM_BY_KEY[k]).ar_weight_first for k in SIM_BY_KEY if k != "cpu")
     real = policy_for(resolve("cpu"), candidates=16)  # this machine's CPU: weight-first where its AR is float32
-    assert real.ar_weight_first == (real.ar_dtype == F32 and not real.ar_int8)
+    assert real.ar_weight_first == (real.ar_dtype == F32 and not real.ar_int8 and not real.packed_weights)
 
 
 def test_overrides_from_cli_args():

@@ -137,16 +137,19 @@ def test_the_backend_optimises_each_model_once_after_its_preparation(tiny_models
 
 def test_models_are_kept_per_preparation(tiny_models_dir):
     """A Policy that prepares a network differently gets its own copy: no run finds a model another
-    Policy prepared (here the AR model, weight-first linears or not)."""
+    Policy prepared (here the AR model, weight-first linears or not, packed or not)."""
     import dataclasses
 
     from tortoise_xpu import TextToSpeech
 
     tts = TextToSpeech(models_dir=tiny_models_dir, device="cpu")
-    weight_first = tts.policy(16)
-    plain = dataclasses.replace(weight_first, ar_weight_first=not weight_first.ar_weight_first)
+    weight_first = dataclasses.replace(tts.policy(16), ar_weight_first=True, packed_weights=False)
+    plain = dataclasses.replace(weight_first, ar_weight_first=False)
+    packed = dataclasses.replace(weight_first, ar_weight_first=False, packed_weights=True)
     a, b = tts.store.model("autoregressive", weight_first), tts.store.model("autoregressive", plain)
+    c = tts.store.model("autoregressive", packed)
     assert a is not b and a.weight_first != b.weight_first
+    assert c is not a and c is not b and type(c.mel_head).__name__ == "PackedLinear"
     assert tts.store.model("autoregressive", weight_first) is a
 
 

@@ -160,12 +160,15 @@ class CPUFeatures:
     ``bf16`` or ``int8`` and kernel ``ar_b1``/``ar_b16`` (an AR linear at 1 / 16 rows),
     ``diffusion`` (a 1024-channel conv over 174 frames) or ``clvp`` (a 512-row transformer linear).
     Empty when nothing was measured.  ``int8_kernel``: torch has the weight-only int8 product.
+    ``packed_kernel``: torch can prepack weights for oneDNN (``models.packed``); then every kernel
+    is measured, float32 included, the packed way, as the pipeline runs it.
     """
 
     flags: frozenset[str] = frozenset()
     speedups: tuple[tuple[str, float], ...] = ()
     int8_kernel: bool = False
     source: str = ""
+    packed_kernel: bool = False
 
     @property
     def bf16(self) -> bool:
@@ -187,7 +190,8 @@ class CPUFeatures:
 
     def to_dict(self) -> dict[str, Any]:
         return {"flags": sorted(self.flags), "bf16": self.bf16, "int8_dot": self.int8_dot, "amx": self.amx,
-                "int8_kernel": self.int8_kernel, "speedups": dict(self.speedups), "source": self.source}
+                "int8_kernel": self.int8_kernel,
+                "packed_kernel": self.packed_kernel, "speedups": dict(self.speedups), "source": self.source}
 
 
 @dataclass(frozen=True)

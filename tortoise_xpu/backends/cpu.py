@@ -90,15 +90,31 @@ def _speedup(base: Callable[[], object], other: Callable[[], object], rounds: in
     return sorted(ratios)[len(ratios) // 2]
 
 
+def _linear_kernel(weight: torch.Tensor, rows: int, dtype: torch.dtype, packed: bool) -> Callable[[torch.Tensor], object]:
+    """``x -> x @ weight.T`` the way the pipeline runs it in ``dtype``: a prepacked oneDNN product
+    where ``packed``, else float32 weight-first (``W @ x.T``) or ``F.linear`` for a half type."""
+    if packed:
+        from tortoise_xpu.models.packed import PackedLinear
+
+        layer = PackedLinear(weight, None, dtype, rows)
+        return layer
+    if dtype == torch.float32:
+        return lambda x: torch.mm(weight, x.t())
+    w = weight.to(dtype)
+    return lambda x: torch.nn.functional.linear(x, w)
+
+
 @torch.no_grad()
-def measure_kernels(bf16: bool, int8: bool) -> tuple[tuple[str, float], ...]:
+def measure_kernels(bf16: bool, int8: bool, packed: bool = False) -> tuple[tuple[str, float], ...]:
     """Time representative kernels of each stage in bfloat16 / int8 against float32 (this process's threads).
 
     * ``ar_b1``, ``ar_b16``: the AR model's widest linear (1024 -> 4096) at 1 and 16 rows, over four
-      distinct weights (64 MB in float32, more than a CPU cache holds, as the 1.7 GB model is);
-      float32 as the pipeline runs it (weight-first), bfloat16 weights, int8 weights
-      (``torch._weight_int8pack_mm``, bfloat16 activations) and, with several threads, the int8
-      product on one intra-op thread (``int8_1t``: on a busy machine it beat two threads).
+      twelve distinct weights (192 MB in float32, 48 MB in int8: more than a CPU cache holds, as the
+      1.7 GB model is; with fewer, int8 weights stayed in a 32 MB L3 and measured too fast);
+      float32 and bfloat16 as the pipeline runs them (``packed``: prepacked oneDNN products, else
+      float32 weight-first and bfloat16 ``F.linear``), int8 weights (``torch._weight_int8pack_mm``,
+      bfloat16 activations) and, with several threads, the int8 product on one intra-op thread
+      (``int8_1t``: on a busy machine it beat two threads).
     * ``diffusion``: a 1024 -> 1024 channel, kernel-3 convolution over 174 frames (the 40-code unit).
     * ``clvp``: a 768 -> 3072 linear over 512 rows.
     Returns ``(("bf16/ar_b1", speed-up), ...)``; speed-up = float32 time / other time.
@@ -107,42 +123,51 @@ def measure_kernels(bf16: bool, int8: bool) -> tuple[tuple[str, float], ...]:
         return ()
     g = torch.Generator().manual_seed(0)
     out: list[tuple[str, float]] = []
-    ws = [torch.randn(4096, 1024, generator=g) * 0.02 for _ in range(4)]
+    ws = [torch.randn(4096, 1024, generator=g) * 0.02 for _ in range(12)]
     for rows, key in ((1, "ar_b1"), (16, "ar_b16")):
         x = torch.randn(rows, 1024, generator=g)
+        xb = x.bfloat16()
+        fp32 = [_linear_kernel(w, rows, torch.float32, packed) for w in ws]
 
         def base() -> None:
-            for w in ws:
-                torch.mm(w, x.t())
+            for f in fp32:
+                f(x)
 
         if bf16:
-            wb, xb = [w.bfloat16() for w in ws], x.bfloat16()
-            out.append((f"bf16/{key}", _speedup(base, lambda: [torch.nn.functional.linear(xb, w) for w in wb])))
+            half = [_linear_kernel(w, rows, torch.bfloat16, packed) for w in ws]
+            out.append((f"bf16/{key}", _speedup(base, lambda: [f(xb) for f in half])))
+            del half
         if int8 and hasattr(torch, "_weight_int8pack_mm"):
             from tortoise_xpu.models.quant import quantize_per_channel
 
-            packed = [(q, s.bfloat16()) for q, s in (quantize_per_channel(w) for w in ws)]
-            xb = x.bfloat16()
-            out.append((f"int8/{key}", _speedup(base, lambda: [torch._weight_int8pack_mm(xb, q, s) for q, s in packed])))
+            int8_weights = [(q, s.bfloat16()) for q, s in (quantize_per_channel(w) for w in ws)]
+            out.append((f"int8/{key}", _speedup(base, lambda: [torch._weight_int8pack_mm(xb, q, s)
+                                                                for q, s in int8_weights])))
             threads = torch.get_num_threads()
             if threads > 1:  # the same on one intra-op thread (Int8Linear.one_thread)
 
                 def one_thread() -> None:
                     torch.set_num_threads(1)
                     try:
-                        for q, s in packed:
+                        for q, s in int8_weights:
                             torch._weight_int8pack_mm(xb, q, s)
                     finally:
                         torch.set_num_threads(threads)
 
                 out.append((f"int8_1t/{key}", _speedup(base, one_thread)))
+        del fp32
     del ws
     if bf16:
         x = torch.randn(1, 1024, 174, generator=g)
-        w = torch.randn(1024, 1024, 3, generator=g) * 0.02
-        xb, wb = x.bfloat16(), w.bfloat16()
-        out.append(("bf16/diffusion", _speedup(lambda: torch.nn.functional.conv1d(x, w, padding=1),
-                                               lambda: torch.nn.functional.conv1d(xb, wb, padding=1))))
+        conv = torch.nn.Conv1d(1024, 1024, 3, padding=1)
+        if packed:
+            from tortoise_xpu.models.packed import PackedConv1d
+
+            conv32, conv16 = PackedConv1d(conv, torch.float32, 174), PackedConv1d(conv, torch.bfloat16, 174)
+        else:
+            conv32, conv16 = conv, torch.nn.Conv1d(1024, 1024, 3, padding=1).bfloat16()
+        xb = x.bfloat16()
+        out.append(("bf16/diffusion", _speedup(lambda: conv32(x), lambda: conv16(xb))))
         x = torch.randn(512, 768, generator=g)
         w = torch.randn(3072, 768, generator=g) * 0.02
         xb, wb = x.bfloat16(), w.bfloat16()
@@ -156,11 +181,14 @@ def _probe(threads: int, measure: bool) -> CPUFeatures:
     flags, source = cpu_flags()
     bf16 = any(f in flags for f in BF16_FLAGS)
     int8 = any(f in flags for f in INT8_DOT_FLAGS)
-    speedups = measure_kernels(bf16, int8) if measure else ()
+    from tortoise_xpu.models.packed import packing_available
+
+    packed = packing_available()
+    speedups = measure_kernels(bf16, int8, packed) if measure else ()
     if speedups:
         source += f"; kernels measured at {threads} thread{'s' if threads != 1 else ''}"
     return CPUFeatures(flags=flags, speedups=speedups, int8_kernel=hasattr(torch, "_weight_int8pack_mm"),
-                       source=source)
+                       source=source, packed_kernel=packed)
 
 
 def _cpu_name() -> str | None:

@@ -20,6 +20,7 @@ left out: inference gives the same numbers without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class TimestepResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        scale, shift = self.emb_layers(emb).to(h.dtype).unsqueeze(-1).chunk(2, dim=1)
+        # (B, 2C) -> (B, 2C, 1) or (B, 2C, 1, 1): one value per channel, for 3-D or 4-D features
+        scale, shift = self.emb_layers(emb).to(h.dtype).reshape(*emb.shape[:1], -1, *([1] * (h.dim() - 2))).chunk(2, dim=1)
         norm, rest = self.out_layers[0], self.out_layers[1:]
         h = rest(norm(h) * (1 + scale) + shift)
         return x + h
@@ -113,6 +115,11 @@ class DiffusionLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.attn(self.resblk(x, emb))
+
+
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T) -> (B, C, 1, T) channels-last: the features of the packed per-step layers."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 def _attention_stack(channels: int, heads: int, depth: int) -> list[nn.Module]:
@@ -154,6 +161,10 @@ class DiffusionTts(nn.Module):
 
         # dtype for autocast around every main layer but the first (None: no autocast).
         self.layer_autocast_dtype: torch.dtype | None = torch.float16 if cfg.use_fp16 else None
+        # The per-step layers run on (B, C, 1, T) channels-last features (set by use_packed_convs).
+        self.channels_last = False
+        # The first main layer and the step integrator autocast too (use_layer_autocast's option).
+        self.autocast_every_step_layer = False
 
     @staticmethod
     def convert_state_dict(raw: dict) -> dict:
@@ -161,7 +172,7 @@ class DiffusionTts(nn.Module):
         return raw
 
     @torch.no_grad()
-    def use_layer_autocast(self, dtype: torch.dtype) -> "DiffusionTts":
+    def use_layer_autocast(self, dtype: torch.dtype, every_step_layer: bool = False) -> "DiffusionTts":
         """Half precision the original's ``use_fp16`` way, with the autocast weights stored in ``dtype``.
 
         Every main layer but the first runs under ``torch.autocast(dtype)``; the rest of the network
@@ -170,12 +181,54 @@ class DiffusionTts(nn.Module):
         rounded once gives the same numbers (tests/test_diffusion_model.py checks bit equality) with
         ~40 % of the weights at half size and no per-step casts.  Norms and position-bias tables
         stay float32 (GroupNorm32 reads them in float32).  Not reversible: the dropped bits are gone.
+
+        ``every_step_layer``: the first main layer and the three ``conditioning_timestep_integrator``
+        layers run under autocast too: every layer that runs at each denoising step but the
+        output.  Those four layers are 4/13 of a step's work; on a CPU, where a float32 convolution
+        is 3x slower than a bfloat16 one, they were a third of the step (docs/performance.md).  The
+        error against float32 stays within the parity suite's bfloat16 tolerance (docs/parity.md).
         """
         self.layer_autocast_dtype = dtype
-        for layer in list(self.layers)[1:]:
+        self.autocast_every_step_layer = every_step_layer
+        layers = list(self.layers) if every_step_layer else list(self.layers)[1:]
+        if every_step_layer:
+            layers += list(self.conditioning_timestep_integrator)
+        for layer in layers:
             for module in layer.modules():
                 if isinstance(module, (nn.Conv1d, nn.Linear)):
                     module.to(dtype)
+                elif hasattr(module, "packed"):
+                    raise RuntimeError("use_layer_autocast must come before use_packed_convs")
+        return self
+
+    @torch.no_grad()
+    def use_packed_convs(self, frames: int = 256) -> "DiffusionTts":
+        """Prepack the convolutions and linears that run at every denoising step for oneDNN (the CPU).
+
+        Those of ``conditioning_timestep_integrator`` and ``layers`` become
+        :class:`~tortoise_xpu.models.packed.PackedConv1d` / ``PackedLinear`` in their weight's dtype (the
+        half dtype after :meth:`use_layer_autocast`: the same numbers autocast gives, up to oneDNN's
+        choice of algorithm), and their attention runs as explicit products where short enough
+        (``AttentionBlock.matmul_attention``).  The conditioning networks, run once per utterance,
+        are left as they are.  Pack after loading, on the CPU: packed weights cannot move or be saved.
+        """
+        from tortoise_xpu.models.packed import PackedConv1d, PackedLinear
+
+        for part in (self.conditioning_timestep_integrator, self.layers):
+            targets = []
+            for parent in part.modules():
+                if isinstance(parent, AttentionBlock):
+                    parent.matmul_attention = True
+                for name, child in parent.named_children():
+                    if isinstance(child, (nn.Conv1d, nn.Linear)):
+                        targets.append((parent, name, child))
+            for parent, name, child in targets:
+                dtype = child.weight.dtype
+                if isinstance(child, nn.Conv1d):
+                    setattr(parent, name, PackedConv1d(child, dtype, frames))
+                else:
+                    setattr(parent, name, PackedLinear(child.weight, child.bias, dtype, rows=1))
+        self.channels_last = True
         return self
 
     # ------------------------------------------------------------------ conditioning
@@ -250,17 +303,27 @@ class DiffusionTts(nn.Module):
         dtype = self.inp_block.weight.dtype
         time_emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
         code_emb = code_emb.to(dtype)
-        for layer in self.conditioning_timestep_integrator:
-            code_emb = layer(code_emb, time_emb)
+        if self.channels_last:
+            code_emb = _to_channels_last(code_emb)
+        half = self.layer_autocast_dtype if self.autocast_every_step_layer else None
+        with torch.autocast(code_emb.device.type, dtype=half) if half is not None else contextlib.nullcontext():
+            for layer in self.conditioning_timestep_integrator:
+                code_emb = layer(code_emb, time_emb)
+        if self.channels_last:
+            code_emb = code_emb.squeeze(2).contiguous()
 
         h = self.integrating_conv(torch.cat([self.inp_block(x.to(dtype)), code_emb], dim=1))
+        if self.channels_last:
+            h = _to_channels_last(h)
         for i, layer in enumerate(self.layers):
-            if self.layer_autocast_dtype is not None and i != 0:
+            if self.layer_autocast_dtype is not None and (i != 0 or self.autocast_every_step_layer):
                 # Like the original's enable_fp16: the first (and the output) stay in full precision.
                 with torch.autocast(h.device.type, dtype=self.layer_autocast_dtype):
                     h = layer(h, time_emb)
             else:
                 h = layer(h, time_emb)
+        if self.channels_last:
+            h = h.squeeze(2).contiguous()
         out = self.out(h.to(self.out[-1].weight.dtype))
         return (out, mel_pred) if return_code_pred else out
 
