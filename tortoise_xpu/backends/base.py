@@ -158,7 +158,8 @@ class CPUFeatures:
     ``speedups``: measured speed of a kernel against its float32 version (> 1: faster), as
     ``(("bf16/ar_b1", 0.9), ("int8/ar_b1", 4.1), ...)``; keys are ``<kind>/<kernel>`` with kind
     ``bf16`` or ``int8`` and kernel ``ar_b1``/``ar_b16`` (an AR linear at 1 / 16 rows),
-    ``diffusion`` (a 1024-channel conv over 174 frames) or ``clvp`` (a 512-row transformer linear).
+    ``diffusion`` (a 1024-channel conv over 174 frames), ``clvp`` (a 512-row transformer linear) or
+    ``vocoder`` (a 128-channel dilated conv over 4096 frames).
     Empty when nothing was measured.  ``int8_kernel``: torch has the weight-only int8 product.
     ``packed_kernel``: torch can prepack weights for oneDNN (``models.packed``); then every kernel
     is measured, float32 included, the packed way, as the pipeline runs it.
