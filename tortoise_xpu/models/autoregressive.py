@@ -408,7 +408,8 @@ class UnifiedVoice(nn.Module):
 
         Each GPT-2 ``Conv1D`` and the mel head become a :class:`~tortoise_xpu.models.packed.PackedLinear`
         in ``dtype`` laid out for products of ``rows`` rows (the decode batch), ``c_fc`` with its GELU
-        fused; decode steps attend with :func:`single_query_attention`.  The float weights are
+        fused; decode steps attend with :func:`single_query_attention`, the conditioning encoder's
+        attention blocks with explicit products (``AttentionBlock.matmul_attention``).  The float weights are
         dropped: the model's state dict is not the checkpoint's any more, and it cannot be moved off
         the CPU (pack after loading).  The rest of the model (embeddings, LayerNorms, conditioning
         encoder) is untouched.  Outputs equal the unpacked model's up to ``dtype`` rounding.
@@ -423,6 +424,9 @@ class UnifiedVoice(nn.Module):
                     targets.append((parent, name, child))
                 elif isinstance(child, SelfAttention):
                     child.matmul_attention = True
+        for block in self.conditioning_encoder.modules():  # its attention over the voice clips' frames
+            if isinstance(block, AttentionBlock):
+                block.matmul_attention = True
         for parent, name, child in targets:
             gelu = isinstance(parent, MLP) and name == "c_fc"
             setattr(parent, name, PackedLinear(child.weight.t(), child.bias, dtype, rows, gelu_tanh=gelu))

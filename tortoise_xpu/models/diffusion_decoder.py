@@ -214,6 +214,9 @@ class DiffusionTts(nn.Module):
         """
         from tortoise_xpu.models.packed import PackedConv1d, PackedLinear
 
+        for block in self.modules():  # the conditioning networks' attention too (short clips)
+            if isinstance(block, AttentionBlock):
+                block.matmul_attention = True
         for part in (self.conditioning_timestep_integrator, self.layers):
             targets = []
             for parent in part.modules():
