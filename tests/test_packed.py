@@ -213,3 +213,20 @@ def test_packed_models_come_from_the_store(tiny_models_dir):
     wav = tts.tts("Packed weights.", seed=3, num_autoregressive_samples=2, diffusion_iterations=2,
                   force_tokens=8)
     assert torch.isfinite(wav).all() and wav.abs().max() > 0
+
+
+def test_packed_voice_latent_encoder_is_the_float32_one():
+    """The voice-latent encoder stays float32 when packed: the same latent up to float rounding."""
+    torch.manual_seed(9)
+    cfg = DiffusionConfig.tiny(model_channels=64, num_heads=4)
+    ref_model = DiffusionTts(cfg).eval()
+    with torch.no_grad():
+        for p in ref_model.parameters():
+            if p.dim() > 1 and p.abs().max() == 0:
+                p.normal_(0, 0.02)
+    packed = copy.deepcopy(ref_model).use_packed_convs()
+    assert type(packed.contextual_embedder[2].qkv).__name__ == "PackedConv1d"
+    mels = torch.randn(1, 2, cfg.in_channels, 120, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref, out = ref_model.get_conditioning(mels), packed.get_conditioning(mels)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)

@@ -210,13 +210,19 @@ class DiffusionTts(nn.Module):
         half dtype after :meth:`use_layer_autocast`: the same numbers autocast gives, up to oneDNN's
         choice of algorithm), and their attention runs as explicit products where short enough
         (``AttentionBlock.matmul_attention``).  The conditioning networks, run once per utterance,
-        are left as they are.  Pack after loading, on the CPU: packed weights cannot move or be saved.
+        are left as they are, but for the voice-latent encoder's attention convolutions.  Pack after loading, on the CPU: packed weights cannot move or be saved.
         """
         from tortoise_xpu.models.packed import PackedConv1d, PackedLinear
 
         for block in self.modules():  # the conditioning networks' attention too (short clips)
             if isinstance(block, AttentionBlock):
                 block.matmul_attention = True
+        # The voice-latent encoder runs once per voice but in float32 at 2048 channels: its
+        # attention convolutions were half of the conditioning stage, unpacked.
+        for block in self.contextual_embedder:
+            if isinstance(block, AttentionBlock):
+                block.qkv = PackedConv1d(block.qkv, block.qkv.weight.dtype, frames)
+                block.proj_out = PackedConv1d(block.proj_out, block.proj_out.weight.dtype, frames)
         for part in (self.conditioning_timestep_integrator, self.layers):
             targets = []
             for parent in part.modules():
