@@ -165,6 +165,9 @@ def ours_stream(argv: list[str]) -> int:
     p.add_argument("--chunk-size", type=int, default=40, help="stream_chunk_size (default 40, the original's)")
     p.add_argument("--first-buffer", type=int, default=60,
                    help="codes before the first chunk at the least (default 60, what the original hard-codes)")
+    p.add_argument("--max-chunk-size", type=int, default=None,
+                   help="later chunks double up to this many codes (default: --chunk-size, the original's fixed "
+                        "chunks; our own default schedule is --chunk-size 20 --first-buffer 20 --max-chunk-size 80)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -186,7 +189,9 @@ def ours_stream(argv: list[str]) -> int:
         start = time.perf_counter()
         first, samples = None, 0
         for chunk in tts.tts_stream(STREAM_TEXT, seed=STREAM_SEED, force_tokens=a.codes, stats=stats,
-                                    stream_chunk_size=a.chunk_size, first_buffer=a.first_buffer):
+                                    stream_chunk_size=a.chunk_size, first_buffer=a.first_buffer,
+                                    max_stream_chunk_size=a.max_chunk_size if a.max_chunk_size is not None
+                                    else a.chunk_size):
             first = time.perf_counter() - start if first is None else first
             samples += chunk.numel()
         total = time.perf_counter() - start

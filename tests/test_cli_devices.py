@@ -80,6 +80,7 @@ def test_table_shows_reasons_and_the_policy(capsys, monkeypatch):
     assert "fp32/fp32/fp32/fp32" in out and "resident" in out
     # why each stage got its dtype on this CPU, and the flags it was decided from
     assert "CPU flags" in out and "avx2" in out and "no bfloat16 instructions" in out
+    assert "weights: not prepacked" in out  # the simulated CPU's torch has no packing ops
 
 
 def test_table_fits_80_columns(capsys, monkeypatch):

@@ -177,3 +177,34 @@ def test_interleaved_streams_and_a_reused_stats_object_give_the_audio_of_one_str
     list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))
     again = list(tts.tts_stream(TEXT, seed=7, stats=stats, **SCHEDULE))  # stats already holds 16 codes
     assert len(again) == len(alone) and all(torch.equal(x, c) for x, c in zip(again, alone))
+
+
+def test_chunks_after_the_first_double_up_to_the_cap():
+    """The default schedule: chunk_size, then twice the last up to max_chunk_size; a cap no larger
+    than chunk_size gives the original's fixed chunks; a negative cap is refused."""
+    from tortoise_xpu.pipeline.stream import MAX_CHUNK_SIZE, StreamOptions
+
+    grow = StreamOptions(chunk_size=20, first_buffer=20)
+    sizes, last = [], 0
+    for _ in range(5):
+        last = grow.next_size(last) if last else grow.chunk_size
+        sizes.append(last)
+    assert sizes == [20, 40, 80, 80, 80] and grow.max_chunk_size == MAX_CHUNK_SIZE
+    fixed = StreamOptions(chunk_size=40, first_buffer=60, max_chunk_size=40)
+    assert fixed.next_size(40) == 40 and StreamOptions(chunk_size=40, max_chunk_size=0).next_size(40) == 40
+    with pytest.raises(UserError, match="max_stream_chunk_size"):
+        StreamOptions(max_chunk_size=-1)
+
+
+def test_a_growing_schedule_cuts_fewer_windows_and_the_same_audio(tts, run):
+    """chunk 5 growing to 20: windows after 6 codes (first buffer), 11 (+5), then 16 (the end, +10 due
+    at 21); the audio equals the fixed schedule's, sample for sample."""
+    chunks, _, _ = run
+    stats = StreamStats()
+    grown = list(tts.tts_stream(TEXT, seed=7, stats=stats, **{**SCHEDULE, "max_stream_chunk_size": 20}))
+    assert torch.equal(torch.cat(grown), torch.cat(chunks))
+    longer = StreamStats()
+    out = list(tts.tts_stream(TEXT, seed=7, stats=longer, **{**SCHEDULE, "force_tokens": 40,
+                                                              "max_stream_chunk_size": 20}))
+    # cuts at 6, 11, 21, 40 (the end): 4 chunks where fixed 5-code chunks would make 8
+    assert longer.chunks == 4 and sum(c.numel() for c in out) == decoded_length(40)

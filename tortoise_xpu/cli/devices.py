@@ -125,4 +125,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"  kernel speed against float32: {escape(measured)}")
         for stage, why in policy.get("precision_reasons", {}).items():
             console.print(f"  {stage}: {escape(why)}")
+        if cpu.get("packed_kernel"):
+            packed = ("prepacked for oneDNN (AR linears unless int8, diffusion per-step layers)"
+                      if policy.get("packed_weights") else "not prepacked ($TORTOISE_XPU_PACKED=0)")
+        else:
+            packed = "not prepacked (this torch has no oneDNN pointwise ops)"
+        console.print(f"  weights: {packed}")
     return 0

@@ -12,8 +12,9 @@ chunks joined are exactly the full decode of the final latent sequence, with no 
 (``overlap_wav_len`` is accepted for the original's signature and unused).
 
 Timing of the chunks: the first after ``max(stream_chunk_size, first_buffer)`` codes (20 and 20 by
-default; the original hard-codes 60 and defaults to 40), then every ``stream_chunk_size`` codes, and
-the rest when the stop token comes.
+default; the original hard-codes 60 and defaults to 40), the next after ``stream_chunk_size`` more,
+then chunks twice the last up to ``max_stream_chunk_size`` (80 by default; the original's fixed
+chunks when it is no larger than ``stream_chunk_size``), and the rest when the stop token comes.
 Each chunk holds back its last ~0.23 s (the decoder's receptive field plus the interpolation's
 edge) until the next chunk or the end; unlike the original, nothing is dropped at the end.
 
@@ -43,7 +44,7 @@ from tortoise_xpu.pipeline.stream_vocoder import StreamVocoder
 
 from tortoise_xpu.pipeline.vocoding import SAMPLE_RATE
 
-__all__ = ["CHUNK_SIZE", "FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
+__all__ = ["CHUNK_SIZE", "FIRST_BUFFER", "MAX_CHUNK_SIZE", "SAMPLE_RATE", "StreamOptions", "StreamStats", "stream_speech", "voice_latent"]
 
 #: Codes per chunk and before the first chunk at the least.  The original waits for 60 codes, then
 #: cuts every 40, because each chunk re-decodes everything so far and crossfades into the last; the
@@ -51,6 +52,11 @@ __all__ = ["CHUNK_SIZE", "FIRST_BUFFER", "SAMPLE_RATE", "StreamOptions", "Stream
 #: 20 codes (1.4 s instead of 3.4–4.2 s on a 2-core Zen 4, same total; docs/performance.md).
 CHUNK_SIZE = 20
 FIRST_BUFFER = 20
+#: Chunks after the first double in size up to this many codes: each window re-decodes the
+#: decoder's receptive field on both sides (15 + 15 frames against 80 for 20 codes), so fewer,
+#: larger windows cost less; the first audio still comes after ``FIRST_BUFFER`` codes.  A value no
+#: larger than ``chunk_size`` gives the original's fixed chunks.
+MAX_CHUNK_SIZE = 80
 
 
 @dataclass
@@ -66,17 +72,24 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """When chunks are cut: ``chunk_size`` codes per chunk after the first (``<= 0``: one chunk at the
-    end), the first after ``max(chunk_size, first_buffer)`` codes; ``overlap`` is the original's crossfade length,
-    accepted and unused (the windowed decoder needs no crossfade)."""
+    """When chunks are cut: the first after ``max(chunk_size, first_buffer)`` codes, the next after
+    ``chunk_size`` more, each later one twice its predecessor up to ``max_chunk_size`` codes
+    (``chunk_size <= 0``: one chunk at the end; ``max_chunk_size <= chunk_size``: every chunk
+    ``chunk_size``, as the original); ``overlap`` is the original's crossfade length, accepted and
+    unused (the windowed decoder needs no crossfade)."""
 
     chunk_size: int = CHUNK_SIZE
     overlap: int = 1024
     first_buffer: int = FIRST_BUFFER
+    max_chunk_size: int = MAX_CHUNK_SIZE
 
     def __post_init__(self) -> None:
-        if self.overlap < 0 or self.first_buffer < 0:
-            raise UserError("overlap_wav_len and first_buffer must be >= 0")
+        if self.overlap < 0 or self.first_buffer < 0 or self.max_chunk_size < 0:
+            raise UserError("overlap_wav_len, first_buffer and max_stream_chunk_size must be >= 0")
+
+    def next_size(self, last: int) -> int:
+        """Codes in the chunk after one of ``last`` codes (the first after the first chunk: ``chunk_size``)."""
+        return min(max(2 * last, self.chunk_size), max(self.max_chunk_size, self.chunk_size))
 
 
 def voice_latent(store: Any, ctx: RunContext, voice_samples: Sequence[torch.Tensor] | None,
@@ -126,6 +139,7 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
     u = uniforms(ctx.generator, max_tokens, 1).t().contiguous()  # the draws tts() makes for a single candidate
     chunk_size = options.chunk_size
     due = max(chunk_size, options.first_buffer) if chunk_size > 0 else None
+    step = 0  # the size of the last regular chunk (0: none cut yet)
     n = 0  # codes kept (the stop code included)
     with store.on_device("autoregressive", ctx) as ar, store.on_device("hifidecoder", ctx) as hifi, \
             store.decode_engine(ctx.policy) as engine:
@@ -162,7 +176,9 @@ def _chunks(store: Any, ctx: RunContext, text_tokens: torch.Tensor, voice_sample
                     if done:
                         chunk = torch.cat([chunk, vocoder.finish()])
                 decoded = n
-                due = chunk_size if chunk_size > 0 else None
+                # chunk_size after the first chunk, then doubling (StreamOptions.next_size)
+                step = options.next_size(step) if step else chunk_size
+                due = step if chunk_size > 0 else None
                 if chunk.numel():
                     if stats.first_audio_s is None:
                         stats.first_audio_s = time.perf_counter() - started

@@ -31,7 +31,7 @@ from tortoise_xpu.pipeline.context import Progress, RunContext, RunReport
 from tortoise_xpu.pipeline.presets import DEFAULT_PRESET, TTS_DEFAULTS, preset_settings, resolve_settings
 from tortoise_xpu.pipeline.sampling import SamplingSettings
 from tortoise_xpu.pipeline.store import ModelStore
-from tortoise_xpu.pipeline.stream import CHUNK_SIZE, FIRST_BUFFER, StreamOptions, StreamStats, stream_speech
+from tortoise_xpu.pipeline.stream import CHUNK_SIZE, FIRST_BUFFER, MAX_CHUNK_SIZE, StreamOptions, StreamStats, stream_speech
 from tortoise_xpu.audio.rates import AR_SAMPLE_RATE, SAMPLE_RATE
 
 __all__ = ["AR_SAMPLE_RATE", "SAMPLE_RATE", "Progress", "RunReport", "TextToSpeech"]
@@ -347,7 +347,8 @@ class TextToSpeech:
     def tts_stream(self, text: str, voice_samples: Sequence[torch.Tensor] | None = None,
                    conditioning_latents: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None, *,
                    seed: int | None = None, stream_chunk_size: int = CHUNK_SIZE, overlap_wav_len: int = 1024,
-                   first_buffer: int = FIRST_BUFFER, force_tokens: int | None = None, stats: StreamStats | None = None,
+                   first_buffer: int = FIRST_BUFFER, max_stream_chunk_size: int = MAX_CHUNK_SIZE,
+                   force_tokens: int | None = None, stats: StreamStats | None = None,
                    cancel: threading.Event | Callable[[], bool] | None = None, **settings: Any) -> Iterator[torch.Tensor]:
         """Speak ``text`` as a generator of 24 kHz audio chunks (1-D float32 CPU tensors).
 
@@ -363,6 +364,8 @@ class TextToSpeech:
             overlap_wav_len: the original's crossfade length in samples; accepted and unused (the windowed
                 decoder's chunks join without a crossfade).
             first_buffer: the first chunk waits for ``max(stream_chunk_size, first_buffer)`` codes.
+            max_stream_chunk_size: later chunks double up to this many codes (fewer decoder windows);
+                ``<= stream_chunk_size``: fixed chunks, as the original.
             force_tokens: sample exactly this many codes, ignoring the stop token (benchmarks).
             stats: a :class:`~tortoise_xpu.pipeline.stream.StreamStats` to fill in (time to first audio, codes).
             cancel: an Event (or callable) that stops the stream at its next AR step with ``Cancelled``.
@@ -376,7 +379,8 @@ class TextToSpeech:
                 ``enable_redaction=False`` to speak them).
         """
         validate.check_tts_inputs(text, voice_samples, None, 1, seed, force_tokens)  # latents may be the AR one alone
-        options = StreamOptions(int(stream_chunk_size), int(overlap_wav_len), int(first_buffer))
+        options = StreamOptions(int(stream_chunk_size), int(overlap_wav_len), int(first_buffer),
+                                int(max_stream_chunk_size))
         s, sampling, max_tokens = resolve_settings(settings, force_tokens)
         if self.enable_redaction and ("[" in text or "]" in text):
             raise UserError("streaming cannot cut [bracketed] text from audio it has already played; remove the "
