@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from tests.parity.compare import decisive_prefix, measure, tie_window
 from tests.parity.tolerances import tolerance_for
 from tests.test_quant import CONFIG, _greedy, _teacher_forced_logits, realistic_ar
-from tortoise_xpu.models.autoregressive import single_query_attention
 from tortoise_xpu.models.blocks import qkv_attention
 from tortoise_xpu.models.diffusion_decoder import DiffusionConfig, DiffusionTts
 from tortoise_xpu.models.packed import PackedConv1d, PackedLinear, packing_available
@@ -76,15 +75,16 @@ def test_a_packed_layer_keeps_its_dtype_through_module_to():
         copy.deepcopy(layer)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_single_query_attention_is_sdpa(masked):
-    g = torch.Generator().manual_seed(int(masked))
-    q = torch.randn(3, 4, 1, 16, generator=g)
-    cache_k, cache_v = torch.randn(3, 4, 20, 16, generator=g), torch.randn(3, 4, 20, 16, generator=g)
-    k, v = cache_k[:, :, :13], cache_v[:, :, :13]  # a slice of a longer cache, as decoding reads it
-    mask = (torch.arange(13) < torch.tensor([13, 7, 1]).view(3, 1)).view(3, 1, 1, 13) if masked else None
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.allclose(single_query_attention(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+def test_a_packed_ar_keeps_its_kv_cache_in_float32():
+    """bfloat16 activations, float32 cache: SDPA reads the cache slice in place (docs/performance.md)."""
+    model = realistic_ar(CONFIG, 3).to(torch.bfloat16).use_packed_linears(torch.bfloat16, rows=16)
+    cache = model.new_cache(2, 40, dtype=torch.bfloat16)  # the model's choice wins over the caller's
+    assert model.kv_cache_dtype == torch.float32 and cache.k.dtype == cache.v.dtype == torch.float32
+    text = torch.randint(1, CONFIG.number_text_tokens, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits, _ = model.prefill(torch.randn(1, CONFIG.model_dim).bfloat16(), text, cache)
+        step, _ = model.decode_step(logits.argmax(-1), 1, cache)
+    assert step.shape == (2, CONFIG.number_mel_codes) and torch.isfinite(step.float()).all()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -208,7 +208,7 @@ def test_packed_models_come_from_the_store(tiny_models_dir):
     assert tts.policy(4).packed_weights
     ar, diffusion = tts.model("autoregressive"), tts.model("diffusion")
     assert type(ar.mel_head).__name__ == "PackedLinear"
-    assert all(b.attn.matmul_attention for b in ar.gpt.h)
+    assert ar.kv_cache_dtype == torch.float32
     assert type(diffusion.layers[1].attn.qkv).__name__ == "PackedConv1d"
     wav = tts.tts("Packed weights.", seed=3, num_autoregressive_samples=2, diffusion_iterations=2,
                   force_tokens=8)

@@ -161,29 +161,8 @@ class Conv1D(nn.Module):
         return F.linear(x, self.weight.t(), self.bias)
 
 
-def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) [masked]) v for one query position, as two matrix products.
-
-    q (B, H, 1, D); k, v (B, H, L, D); ``mask`` broadcastable to (B, H, 1, L), True = attend.  The
-    softmax runs in float32.  On the CPU this is 2-7x faster than ``scaled_dot_product_attention``
-    for one query (its flash kernel tiles for long queries; in bfloat16 it took 1.2 ms per layer at
-    batch 16 against 0.17 ms here, docs/performance.md).
-    """
-    # (k q^T)^T, not q k^T: k is a slice of the cache with unit-stride rows, which a product with
-    # k^T would first copy out (a third of the attention's time at batch 16, measured)
-    w = torch.matmul(k, (q * q.shape[-1] ** -0.5).transpose(-1, -2)).transpose(-1, -2)
-    if mask is not None:
-        w = w.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(w.float(), dim=-1).to(v.dtype), v)
-
-
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention with one fused q|k|v projection (``c_attn``)."""
-
-    #: Decode steps attend with :func:`single_query_attention` instead of SDPA
-    #: (``UnifiedVoice.use_packed_linears`` sets it: the CPU's choice).
-    matmul_attention: bool = False
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -230,10 +209,9 @@ class SelfAttention(nn.Module):
         else:
             k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
             v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
-        if self.matmul_attention:
-            y = single_query_attention(q.to(k_cache.dtype), k_cache, v_cache, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        # The cache may be kept wider than the activations (UnifiedVoice.kv_cache_dtype): the query
+        # follows it, the output goes back through c_proj (which casts to its own dtype).
+        y = F.scaled_dot_product_attention(q.to(k_cache.dtype), k_cache, v_cache, attn_mask=mask)
         return self._merge(y)
 
 
@@ -363,6 +341,8 @@ class UnifiedVoice(nn.Module):
         self.text_head = nn.Linear(c.model_dim, c.text_vocab)
         self.mel_head = nn.Linear(c.model_dim, c.number_mel_codes)
         self.weight_first = False
+        # The KV cache's dtype when it must differ from the weights' (None: theirs; use_packed_linears).
+        self.kv_cache_dtype: torch.dtype | None = None
         self._init_weights()
 
     @torch.no_grad()
@@ -408,8 +388,11 @@ class UnifiedVoice(nn.Module):
 
         Each GPT-2 ``Conv1D`` and the mel head become a :class:`~tortoise_xpu.models.packed.PackedLinear`
         in ``dtype`` laid out for products of ``rows`` rows (the decode batch), ``c_fc`` with its GELU
-        fused; decode steps attend with :func:`single_query_attention`, the conditioning encoder's
-        attention blocks with explicit products (``AttentionBlock.matmul_attention``).  The float weights are
+        fused; the KV cache is kept in float32 (``kv_cache_dtype``): one query against the cache in
+        bfloat16 went through a copy of each cache slice (oneDNN's batched product wants dense
+        batches) or SDPA's slow bfloat16 path, 0.3-1.2 ms per layer at batch 16, against ~0.2 ms for
+        SDPA's float32 kernel on the slice in place.  The conditioning encoder's attention blocks use
+        explicit products (``AttentionBlock.matmul_attention``).  The float weights are
         dropped: the model's state dict is not the checkpoint's any more, and it cannot be moved off
         the CPU (pack after loading).  The rest of the model (embeddings, LayerNorms, conditioning
         encoder) is untouched.  Outputs equal the unpacked model's up to ``dtype`` rounding.
@@ -422,8 +405,6 @@ class UnifiedVoice(nn.Module):
             for name, child in parent.named_children():
                 if isinstance(child, Conv1D):
                     targets.append((parent, name, child))
-                elif isinstance(child, SelfAttention):
-                    child.matmul_attention = True
         for block in self.conditioning_encoder.modules():  # its attention over the voice clips' frames
             if isinstance(block, AttentionBlock):
                 block.matmul_attention = True
@@ -434,6 +415,7 @@ class UnifiedVoice(nn.Module):
                 parent.fused_gelu = True
         if isinstance(self.mel_head, nn.Linear):
             self.mel_head = PackedLinear(self.mel_head.weight, self.mel_head.bias, dtype, rows)
+        self.kv_cache_dtype = torch.float32
         return self
 
     def _mel_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -521,11 +503,12 @@ class UnifiedVoice(nn.Module):
         """Allocate a zeroed KV cache for ``batch`` sequences of up to ``max_len`` positions in total.
 
         To generate N codes after a prompt of T text tokens, ``max_len >= prompt_length(T) + N - 1``
-        (the last code is never fed back).  dtype/device default to the model's parameters'.
+        (the last code is never fed back).  dtype/device default to the model's parameters'; a model
+        whose ``kv_cache_dtype`` is set (packed on the CPU: float32) keeps its cache in that dtype.
         """
         c = self.config
         p = next(self.parameters())
-        dtype = dtype or p.dtype
+        dtype = self.kv_cache_dtype or dtype or p.dtype
         device = device if device is not None else p.device
         shape = (c.layers, batch, c.heads, max_len, c.head_dim)
         return KVCache(k=torch.zeros(shape, dtype=dtype, device=device),
