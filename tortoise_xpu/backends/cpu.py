@@ -99,8 +99,7 @@ def _linear_kernel(weight: torch.Tensor, rows: int, dtype: torch.dtype, packed: 
     if packed:
         from tortoise_xpu.models.packed import PackedLinear
 
-        layer = PackedLinear(weight, None, dtype, rows)
-        return layer
+        return PackedLinear(weight, None, dtype, rows)
     if dtype == torch.float32:
         return lambda x: torch.mm(weight, x.t())
     w = weight.to(dtype)

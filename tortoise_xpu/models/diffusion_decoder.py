@@ -210,7 +210,8 @@ class DiffusionTts(nn.Module):
         half dtype after :meth:`use_layer_autocast`: the same numbers autocast gives, up to oneDNN's
         choice of algorithm), and their attention runs as explicit products where short enough
         (``AttentionBlock.matmul_attention``).  The conditioning networks, run once per utterance,
-        are left as they are, but for the voice-latent encoder's attention convolutions.  Pack after loading, on the CPU: packed weights cannot move or be saved.
+        are left as they are, but for the voice-latent encoder's attention convolutions.  Pack after
+        loading, on the CPU: packed weights cannot move or be saved.
         """
         from tortoise_xpu.models.packed import PackedConv1d, PackedLinear
 
@@ -226,8 +227,6 @@ class DiffusionTts(nn.Module):
         for part in (self.conditioning_timestep_integrator, self.layers):
             targets = []
             for parent in part.modules():
-                if isinstance(parent, AttentionBlock):
-                    parent.matmul_attention = True
                 for name, child in parent.named_children():
                     if isinstance(child, (nn.Conv1d, nn.Linear)):
                         targets.append((parent, name, child))

@@ -16,7 +16,8 @@ weights of ``models.quant`` and exact to bfloat16 rounding.
 A packed weight is an opaque tensor: it has no storage Python can read, so a model holding one
 cannot be deep-copied, saved or moved between devices, and ``Module.to(dtype)`` leaves a packed
 layer as it is (its weight and bias are attributes, not parameters; inputs are cast to the
-layer's dtype); pack after loading, on the CPU, as the last preparation step.  :func:`packing_available` says whether this torch has the ops.
+layer's dtype); pack after loading, on the CPU, as the last preparation step.
+:func:`packing_available` says whether this torch has the ops.
 """
 
 from __future__ import annotations
