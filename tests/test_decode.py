@@ -105,6 +105,31 @@ def test_graph_mode_replays_one_capture_per_bucket_and_reuses_them(ar):
     assert torch.equal(first.codes, eager.codes) and torch.equal(second.codes, eager.codes)
 
 
+def test_eager_engine_reuses_its_kv_cache_for_a_repeated_shape_and_gives_the_same_codes(ar):
+    """Eager mode keeps the last run's buffers (first touch of a fresh cache costs the CPU a tenth
+    of the AR stage); the reused, dirty cache must not change the codes, a new shape gets new
+    buffers, and a decode interleaved with a suspended one on the same engine gets its own."""
+    cond, text, _ = _inputs(1, 1)
+    _, _, u = _inputs(2, 24, seed=5)
+    _, _, other_u = _inputs(2, 24, seed=6)
+    engine = DecodeEngine(CPU, mode="eager")
+    with torch.no_grad():
+        fresh = DecodeEngine(CPU, mode="eager").decode(ar, cond, text, u, SamplingSettings(), 24, True).codes
+        engine.decode(ar, cond, text, other_u, SamplingSettings(), 24, True)  # fills the cache with other codes
+        cache = engine._state.cache.k
+        again = engine.decode(ar, cond, text, u, SamplingSettings(), 24, True).codes
+        assert engine._state.cache.k is cache
+        assert torch.equal(again, fresh)
+        outer = engine.iter_decode(ar, cond, text, u, SamplingSettings(), 24, True)
+        next(outer)
+        inner = engine.decode(ar, cond, text, other_u, SamplingSettings(), 24, True).codes
+        for _, st in outer:
+            pass
+        assert torch.equal(st.codes, fresh) and not torch.equal(inner, fresh)
+        engine.decode(ar, cond, text, u[:1], SamplingSettings(), 24, True)
+        assert engine._state.cache.k is not cache and engine._state.cache.k.shape[1] == 1
+
+
 def test_candidates_do_not_depend_on_the_batch(ar):
     _, _, u = _inputs(4, 24, seed=3)
     whole, engine = _decode(ar, "static", u, steps=24)

@@ -94,9 +94,19 @@ class PackedConv1d(nn.Module):
         self.kernel_size = conv.kernel_size[0]
         self.padding = [0, conv.padding[0]]
         self.dtype = dtype
-        weight = conv.weight.detach().to(dtype).unsqueeze(2).contiguous()  # (out, in, 1, k)
-        self.packed = torch.ops.mkldnn._reorder_convolution_weight(
-            weight, self.padding, [1, 1], [1, 1], 1, [1, self.in_channels, 1, max(length, self.kernel_size)])
+        # A kernel-1 convolution is a matrix product over the frames of a channels-last input, and
+        # runs as one: oneDNN's float32 1x1 convolution re-lays a prepacked weight on every call
+        # when the frame count leaves the range it was packed for (2048 channels at 101 frames,
+        # packed for 256: 108 ms against 3 ms, Xeon with AMX, docs/performance.md); its linear
+        # product has no such cliff, and in bfloat16 it measured 10-20 % faster at 174 frames.
+        self.pointwise = self.kernel_size == 1 and conv.padding[0] == 0
+        if self.pointwise:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                conv.weight.detach().to(dtype).squeeze(2).contiguous(), max(1, length))
+        else:
+            weight = conv.weight.detach().to(dtype).unsqueeze(2).contiguous()  # (out, in, 1, k)
+            self.packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, self.padding, [1, 1], [1, 1], 1, [1, self.in_channels, 1, max(length, self.kernel_size)])
         self.bias = None if conv.bias is None else conv.bias.detach().to(dtype).clone()  # see PackedLinear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +116,15 @@ class PackedConv1d(nn.Module):
         channels-last input is taken as it is, with no re-layout on the way in.
         """
         flat = x.dim() == 3
-        x4 = x.to(self.dtype).unsqueeze(2) if flat else x.to(self.dtype)
-        y = torch.ops.mkldnn._convolution_pointwise(x4.contiguous(memory_format=torch.channels_last), self.packed,
-                                                    self.bias, self.padding, [1, 1], [1, 1], 1, "none", [], "")
+        x4 = (x.to(self.dtype).unsqueeze(2) if flat else x.to(self.dtype)).contiguous(memory_format=torch.channels_last)
+        if self.pointwise:
+            b, _, h, t = x4.shape
+            rows = x4.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # a view: channels-last is (B, 1, T, C)
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+            y = y.reshape(b, h, t, self.out_channels).permute(0, 3, 1, 2)  # channels-last (B, C', 1, T)
+        else:
+            y = torch.ops.mkldnn._convolution_pointwise(x4, self.packed, self.bias, self.padding, [1, 1], [1, 1], 1,
+                                                        "none", [], "")
         return y.squeeze(2) if flat else y
 
     def extra_repr(self) -> str:
