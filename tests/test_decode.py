@@ -113,21 +113,26 @@ def test_eager_engine_reuses_its_kv_cache_for_a_repeated_shape_and_gives_the_sam
     _, _, u = _inputs(2, 24, seed=5)
     _, _, other_u = _inputs(2, 24, seed=6)
     engine = DecodeEngine(CPU, mode="eager")
+
+    def run(uniforms):
+        for _, st in engine.iter_decode(ar, cond, text, uniforms, SamplingSettings(), 24, True):
+            pass
+        return st.codes.clone(), st.cache.k
+
     with torch.no_grad():
         fresh = DecodeEngine(CPU, mode="eager").decode(ar, cond, text, u, SamplingSettings(), 24, True).codes
-        engine.decode(ar, cond, text, other_u, SamplingSettings(), 24, True)  # fills the cache with other codes
-        cache = engine._state.cache.k
-        again = engine.decode(ar, cond, text, u, SamplingSettings(), 24, True).codes
-        assert engine._state.cache.k is cache
-        assert torch.equal(again, fresh)
+        _, cache = run(other_u)  # leaves the cache full of another run's keys
+        again, cache_again = run(u)
+        assert cache_again is cache and torch.equal(again, fresh)
         outer = engine.iter_decode(ar, cond, text, u, SamplingSettings(), 24, True)
-        next(outer)
-        inner = engine.decode(ar, cond, text, other_u, SamplingSettings(), 24, True).codes
+        _, outer_state = next(outer)
+        inner, inner_cache = run(other_u)
         for _, st in outer:
             pass
+        assert outer_state.cache.k is cache and inner_cache is not cache
         assert torch.equal(st.codes, fresh) and not torch.equal(inner, fresh)
-        engine.decode(ar, cond, text, u[:1], SamplingSettings(), 24, True)
-        assert engine._state.cache.k is not cache and engine._state.cache.k.shape[1] == 1
+        _, smaller = run(u[:1])
+        assert smaller is not cache and smaller.shape[1] == 1
 
 
 def test_candidates_do_not_depend_on_the_batch(ar):
