@@ -111,3 +111,30 @@ def test_convert_state_dict_accepts_parametrized_weight_norm():
     folded = HifiganGenerator.convert_state_dict(parametrized.state_dict())
     assert set(folded) == {"weight", "bias"}
     torch.testing.assert_close(folded["weight"], expected)
+
+
+@pytest.mark.parametrize("resblock_type", ["1", "2"])
+def test_channels_last_decoder_gives_the_plain_decoders_waveform(resblock_type):
+    """use_channels_last (the CPU's preparation) runs every conv but cond_layer as a channels-last
+    2-D one: float32 the same waveform up to summation order, bfloat16 within its rounding."""
+    import copy
+
+    from tortoise_xpu.models.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d
+
+    cfg = HifiGanConfig(**{**HifiGanConfig.tiny().__dict__, "resblock_type": resblock_type})
+    model = detweights.fill_(HifiganGenerator(cfg), 5).eval()
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 9, cfg.in_channels, generator=gen)
+    g = torch.randn(2, cfg.cond_channels, generator=gen)
+    want = model.inference(latents, g)
+    fast = copy.deepcopy(model).use_channels_last()
+    kinds = {type(m) for m in fast.modules()}
+    assert ChannelsLastConv1d in kinds and ChannelsLastConvTranspose1d in kinds and nn.ConvTranspose1d not in kinds
+    assert isinstance(fast.cond_layer, nn.Conv1d)
+    got = fast.inference(latents, g)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    half = copy.deepcopy(model).to(torch.bfloat16).use_channels_last()
+    low = half.inference(latents.bfloat16(), g.bfloat16())
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - want).abs().max() < 5e-2 * want.abs().max()

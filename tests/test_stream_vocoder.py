@@ -41,15 +41,19 @@ def test_stable_frames_do_not_change_with_more_latents(codes):
     torch.testing.assert_close(short[..., :n], longer[..., :n], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("windows", [(), None, (40, 64)], ids=["exact", "default", "small"])
 @pytest.mark.parametrize("config,pushes", [(TINY, [6, 5, 5]), (TINY, [1, 1, 3, 9, 2, 20]),
-                                           (OFFICIAL_LAYOUT, [60, 40, 40, 40, 20])])
-def test_windowed_chunks_join_into_the_full_decode(config, pushes):
+                                           (OFFICIAL_LAYOUT, [60, 40, 40, 40, 20]),
+                                           (OFFICIAL_LAYOUT, [130, 3, 90])])
+def test_windowed_chunks_join_into_the_full_decode(config, pushes, windows):
+    """Exact windows, the default fixed lengths and short ones (several windows per push): the
+    chunks joined are the full decode, and whatever was emitted is final."""
     hifi = _decoder(config)
     gen = torch.Generator().manual_seed(1)
     latents = torch.randn(1, sum(pushes), config.in_channels, generator=gen)
     speaker = torch.randn(1, config.cond_channels, generator=gen)
     full = hifi.inference(latents, speaker).reshape(-1)
-    voc = StreamVocoder(hifi, speaker)
+    voc = StreamVocoder(hifi, speaker, windows=windows)
     chunks, at = [], 0
     for k in pushes:
         chunks.append(voc.push(latents[:, at:at + k]))
@@ -61,8 +65,14 @@ def test_windowed_chunks_join_into_the_full_decode(config, pushes):
     joined = torch.cat(chunks)
     assert joined.numel() == full.numel() == voc.emitted
     torch.testing.assert_close(joined, full, rtol=1e-4, atol=1e-5)
-    # bounded work: each window is its new frames plus at most 2 x context (not everything so far)
-    assert voc.decoded_frames <= frame_count(sum(pushes)) + 2 * voc.context * len(pushes)
+    total = frame_count(sum(pushes))
+    if windows == ():
+        # bounded work: each window is its new frames plus at most 2 x context (not everything so far)
+        assert voc.decoded_frames <= total + 2 * voc.context * len(pushes)
+    else:
+        # no window longer than the longest length: longer spans are cut into several windows
+        assert max(voc.window_lengths) <= voc.windows[-1]
+        assert voc.decoded_frames >= total
 
 
 def test_too_little_context_is_not_the_full_decode():
@@ -85,3 +95,21 @@ def test_push_after_finish_and_empty_pushes():
     assert voc.finish().numel() == 0
     with pytest.raises(RuntimeError):
         voc.push(torch.zeros(1, 2, TINY.in_channels))
+
+
+def test_fixed_windows_repeat_one_length_across_a_stream():
+    """A steady stream of 40-code chunks decodes every window but the first and last at one
+    length (what lets oneDNN compile the decoder once), and the official decoder is warmed up on
+    the default lengths."""
+    hifi = _decoder(OFFICIAL_LAYOUT)
+    gen = torch.Generator().manual_seed(4)
+    latents = torch.randn(1, 300, OFFICIAL_LAYOUT.in_channels, generator=gen)
+    voc = StreamVocoder(hifi, torch.zeros(1, OFFICIAL_LAYOUT.cond_channels))
+    for at in range(0, 300, 40):
+        voc.push(latents[:, at:at + 40])
+    voc.finish()
+    assert set(voc.window_lengths[1:]) <= set(voc.windows)  # the first: shorter than 256 frames in all
+    assert len(set(voc.window_lengths[1:-2])) == 1, voc.window_lengths  # the last push and finish(): shorter
+    assert hifi.warm_up((16, 32)) is hifi
+    with pytest.raises(ValueError, match="no room"):
+        StreamVocoder(hifi, None, windows=(20,))

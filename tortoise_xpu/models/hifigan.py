@@ -27,6 +27,8 @@ from .blocks import fold_weight_norm
 LRELU_SLOPE = 0.1
 # One AR code covers 1024 samples at 22.05 kHz; the decoder hops 256 samples at 24 kHz.
 LATENT_TO_FRAMES = (1024 / 256, 24000 / 22050)
+#: The streaming window lengths in input frames (HifiganGenerator.WINDOW_FRAMES).
+WINDOW_FRAMES = (128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,10 @@ class ResBlock2(nn.Module):
 class HifiganGenerator(nn.Module):
     """Features (B, in_channels, T) [+ speaker vector] → waveform (B, out_channels, T * hop)."""
 
+    #: Input lengths (frames) the streaming decoder cuts its windows to (``StreamVocoder``) and
+    #: :meth:`warm_up` prepares: a 20-, 40- and 80-code chunk each fit one with their context.
+    WINDOW_FRAMES = WINDOW_FRAMES
+
     def __init__(self, config: HifiGanConfig | None = None):
         super().__init__()
         self.config = cfg = config or HifiGanConfig()
@@ -119,19 +125,56 @@ class HifiganGenerator(nn.Module):
             for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
         self.conv_post = nn.Conv1d(ch // 2 ** len(self.ups), cfg.out_channels, 7, padding=3, bias=cfg.conv_post_bias)
         self.cond_layer = nn.Conv1d(cfg.cond_channels, ch, 1) if cfg.cond_channels > 0 else None
+        # Features run as (B, C, 1, T) channels-last tensors (set by use_channels_last: the CPU).
+        self.channels_last = False
 
     @staticmethod
     def convert_state_dict(raw: dict) -> dict:
         """``hifidecoder.pth`` content → this module's state dict (weight-norm pairs folded)."""
         return fold_weight_norm(raw)
 
+    @torch.no_grad()
+    def use_channels_last(self, dtype: torch.dtype | None = None) -> "HifiganGenerator":
+        """Run every convolution but ``cond_layer`` as a 2-D one over channels-last (B, C, 1, T)
+        features, in ``dtype`` (default: the weights'), for oneDNN (the CPU): without it, the
+        layout copies around each convolution cost more than the convolutions
+        (:mod:`tortoise_xpu.models.channels_last`).  The output is the same up to the dtype's
+        rounding; the state dict is not the checkpoint's any more (convert after loading)."""
+        from tortoise_xpu.models.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d
+
+        dtype = dtype or self.conv_pre.weight.dtype
+        targets = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()
+                   if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)) and child is not self.cond_layer]
+        for parent, name, child in targets:
+            kind = ChannelsLastConvTranspose1d if isinstance(child, nn.ConvTranspose1d) else ChannelsLastConv1d
+            setattr(parent, name, kind(child, dtype))
+        self.channels_last = True
+        return self
+
+    @torch.no_grad()
+    def warm_up(self, lengths: tuple[int, ...] = WINDOW_FRAMES) -> "HifiganGenerator":
+        """Decode one window of each length in ``lengths`` (frames) of zeros, so that the backend's
+        per-shape work (oneDNN compiles a convolution for each new input length: 0.3-0.8 s a
+        length on a 2-core Xeon) is done at load time, not when a stream's first audio is due."""
+        p = next(self.parameters())
+        g = torch.zeros(1, self.config.cond_channels, 1, dtype=p.dtype, device=p.device)
+        for n in lengths:
+            self.forward(torch.zeros(1, self.config.in_channels, n, dtype=p.dtype, device=p.device),
+                         g if self.cond_layer is not None else None)
+        return self
+
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B, in_channels, T); ``g`` (B, cond_channels, 1) speaker vector, required when conditioned."""
+        if self.channels_last:
+            from tortoise_xpu.models.channels_last import to_channels_last_4d
+
+            x = to_channels_last_4d(x)
         h = self.conv_pre(x)
         if self.cond_layer is not None:
             if g is None:
                 raise ValueError("this decoder is speaker-conditioned: pass g")
-            h = h + self.cond_layer(g)
+            cond = self.cond_layer(g.to(self.cond_layer.weight.dtype))
+            h = h + (cond.unsqueeze(2).to(h.dtype) if self.channels_last else cond)
         for i, up in enumerate(self.ups):
             h = up(F.leaky_relu(h, LRELU_SLOPE))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
@@ -140,7 +183,8 @@ class HifiganGenerator(nn.Module):
                 mrf = mrf + block(h)
             h = mrf / self.num_kernels
         # The last activation uses torch's default slope (0.01), not LRELU_SLOPE, as trained.
-        return torch.tanh(self.conv_post(F.leaky_relu(h)))
+        out = torch.tanh(self.conv_post(F.leaky_relu(h)))
+        return out.squeeze(2) if self.channels_last else out
 
     @staticmethod
     def latent_frames(latents: torch.Tensor) -> torch.Tensor:

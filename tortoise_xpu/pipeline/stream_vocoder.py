@@ -19,6 +19,14 @@ or :meth:`StreamVocoder.finish` decodes the tail.  The emitted chunks joined are
 the final latent sequence (no crossfade needed, nothing provisional is ever played), at a cost of
 about (new frames + 2 x receptive field) per chunk.
 
+Windows come in a few fixed lengths (``windows``, by default the decoder's
+``HifiganGenerator.WINDOW_FRAMES``): a window is widened to the next one with frames already there
+(earlier ones, or later ones past the context, which cannot reach the emitted samples), and one
+longer than the longest is cut into several.  A oneDNN convolution is compiled for each new input
+length: on a 2-core Xeon that cost 0.7 s per new window length against 0.13 s for the decode
+itself (docs/performance.md), so a stream of ever-new lengths spent most of its vocoder time
+compiling.  With fixed lengths the decoder is compiled once per process (``warm_up``, at load).
+
 Usage (any producer of AR latents)::
 
     voc = StreamVocoder(hifi, speaker_latent)
@@ -33,7 +41,7 @@ import math
 
 import torch
 
-from tortoise_xpu.models.hifigan import LATENT_TO_FRAMES
+from tortoise_xpu.models.hifigan import LATENT_TO_FRAMES, WINDOW_FRAMES
 
 __all__ = ["StreamVocoder", "stable_frames", "frame_count"]
 
@@ -76,16 +84,22 @@ class StreamVocoder:
         hifi: a ``HifiganGenerator`` (its ``latent_frames``, ``receptive_field`` and ``forward``).
         speaker: the AR voice latent (1, cond_channels) the decoder is conditioned on.
         context: frames of context on each side of a window (default: the decoder's receptive field).
+        windows: the window lengths in frames, ascending (default ``WINDOW_FRAMES``; empty: every
+            window exactly as long as it must be).
 
     :meth:`push` takes new latents (1, k, C) and returns the new final samples as a 1-D float32 CPU
     tensor (possibly empty); :meth:`finish` returns the rest.  ``emitted`` counts samples returned.
     """
 
-    def __init__(self, hifi: torch.nn.Module, speaker: torch.Tensor, context: int | None = None):
+    def __init__(self, hifi: torch.nn.Module, speaker: torch.Tensor, context: int | None = None,
+                 windows: tuple[int, ...] | None = None):
         self.hifi = hifi
         self.context = int(hifi.receptive_field() if context is None else context)
         if self.context < 0:
             raise ValueError(f"context must be >= 0, got {self.context}")
+        self.windows = tuple(sorted(WINDOW_FRAMES if windows is None else windows))
+        if self.windows and self.windows[-1] <= 2 * self.context:
+            raise ValueError(f"windows {self.windows} leave no room beside 2 x {self.context} frames of context")
         self.hop = int(hifi.config.hop_length)
         self._dtype = next(hifi.parameters()).dtype
         self._g = speaker.reshape(1, -1, 1).to(self._dtype) if speaker is not None else None
@@ -94,6 +108,7 @@ class StreamVocoder:
         self.done_frames = 0      # frames whose samples were returned
         self.emitted = 0          # samples returned
         self.decoded_frames = 0   # frames run through the decoder in all (windows included): the work done
+        self.window_lengths: list[int] = []  # the length of every window decoded, in order
         self.finished = False
 
     def push(self, latents: torch.Tensor) -> torch.Tensor:
@@ -120,16 +135,37 @@ class StreamVocoder:
         end = total if final else max(self.done_frames, stable_frames(self.codes) - self.context)
         if end <= self.done_frames:
             return empty
-        start = self.done_frames
-        lo = max(0, start - self.context)
-        hi = total if final else min(total, end + self.context)
         seq = torch.cat(self._latents, dim=1) if len(self._latents) > 1 else self._latents[0]
         self._latents = [seq]
         # The interpolation over all latents (no weights: negligible next to the convolutions).
-        frames = self.hifi.latent_frames(seq.to(self._dtype))[:, :, lo:hi]
-        wav = self.hifi(frames, self._g)
-        self.decoded_frames += hi - lo
-        out = wav.reshape(-1)[(start - lo) * self.hop:(end - lo) * self.hop].float().cpu()
+        frames = self.hifi.latent_frames(seq.to(self._dtype))
+        pieces = []
+        for start, stop, lo, hi in self._windows(self.done_frames, end, total, final):
+            wav = self.hifi(frames[:, :, lo:hi], self._g)
+            self.decoded_frames += hi - lo
+            self.window_lengths.append(hi - lo)
+            pieces.append(wav.reshape(-1)[(start - lo) * self.hop:(stop - lo) * self.hop].float().cpu())
+        out = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         self.done_frames = end
         self.emitted += out.numel()
+        return out
+
+    def _windows(self, start: int, end: int, total: int, final: bool) -> list[tuple[int, int, int, int]]:
+        """``(start, stop, lo, hi)`` per decoder call: it emits frames [start, stop) from a window of
+        frames [lo, hi), the frames to emit plus ``context`` on each side, widened to a length of
+        ``windows`` where ``total`` frames allow it; the emitted ranges tile [start, end)."""
+        ctx, out = self.context, []
+        longest = self.windows[-1] - 2 * ctx if self.windows else end - start
+        while start < end:
+            stop = min(end, start + longest)
+            lo = max(0, start - ctx)
+            hi = total if final and stop == end else min(total, stop + ctx)
+            length = next((w for w in self.windows if w >= hi - lo), None)
+            if length is not None and length <= total:
+                # widen with frames that exist: later ones first (past stop + context they cannot
+                # reach the emitted samples), then earlier ones; a final window keeps the true end
+                lo = min(lo, total - length) if not (final and hi == total) else total - length
+                hi = lo + length
+            out.append((start, stop, lo, hi))
+            start = stop
         return out
