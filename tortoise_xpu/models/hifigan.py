@@ -28,7 +28,7 @@ LRELU_SLOPE = 0.1
 # One AR code covers 1024 samples at 22.05 kHz; the decoder hops 256 samples at 24 kHz.
 LATENT_TO_FRAMES = (1024 / 256, 24000 / 22050)
 #: The streaming window lengths in input frames (HifiganGenerator.WINDOW_FRAMES).
-WINDOW_FRAMES = (128, 256, 512)
+WINDOW_FRAMES = (128, 256, 384, 512)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ class HifiganGenerator(nn.Module):
     """Features (B, in_channels, T) [+ speaker vector] → waveform (B, out_channels, T * hop)."""
 
     #: Input lengths (frames) the streaming decoder cuts its windows to (``StreamVocoder``) and
-    #: :meth:`warm_up` prepares: a 20-, 40- and 80-code chunk each fit one with their context.
+    #: :meth:`warm_up` prepares: a 20-, 40- and 80-code chunk (87, 174, 348 frames) each fit one with
+    #: their 2 x 15 frames of context.
     WINDOW_FRAMES = WINDOW_FRAMES
 
     def __init__(self, config: HifiGanConfig | None = None):
