@@ -104,11 +104,13 @@ def test_sampling_loop_parity(goldens, index):
                              progress=lambda done, total: calls.append((done, total)))
         assert calls == [(i, run["steps"]) for i in range(1, run["steps"] + 1)]
         assert mel.shape == run["mel"].shape
-        # Whole loops on the log-mel scale (14 units wide): 1e-3 here is 1.4e-4 of the normalised
+        # Whole loops on the log-mel scale (14 units wide): 5e-3 here is 7e-4 of the normalised
         # [-1, 1] mel.  x0 = x / sqrt(alpha_bar) - ... multiplies the model's float rounding (batch
-        # 2B vs B, threads, SIMD width) by up to ~150 at the noisy end.  Measured on one thread:
-        # unbatched runs bit-identical to the original, 2B-batched cond-free runs within 5e-4.
-        torch.testing.assert_close(mel, run["mel"], atol=1e-3, rtol=0,
+        # 2B vs B, threads, SIMD width) by up to ~150 at the noisy end.  Measured on one thread on
+        # the goldens' CPU (AVX2): unbatched runs bit-identical to the original, 2B-batched
+        # cond-free runs within 5e-4; on a Xeon with AMX (other oneDNN float32 kernels, other
+        # summation order) every run within 3.6e-3, one or two threads.  A wrong step is O(1).
+        torch.testing.assert_close(mel, run["mel"], atol=5e-3, rtol=0,
                                    msg=f"{run['sampler']} cond_free={run['cond_free']} batched={batched}")
 
 

@@ -40,6 +40,20 @@ def _maxdiff(a, b) -> float:
     return float((a - b).abs().max())
 
 
+def assert_mel_close(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
+    """Log-mels equal within 1e-5, plus float32 round-off of the transform relative to the band (as
+    :func:`assert_paths_agree`): ``|d| <= 1e-5 + 1e-7 * peak / band``, and within 1e-5 within 20 dB
+    of the loudest band.  The log turns an FFT's ~1e-7-of-peak round-off into large differences
+    in near-silent bands, and that round-off depends on the CPU's FFT kernels (a chirp's quietest
+    UnivNet bands: up to 7e-3 on a Xeon with AMX against goldens made on an AVX2 CPU)."""
+    assert got.shape == want.shape, what
+    band = want.exp().clamp(min=M.LOG_FLOOR)
+    peak = band.amax()
+    d = (got - want).abs()
+    assert bool((d <= 1e-5 + 1e-7 * peak / band).all()), (what, float(d.max()))
+    assert float(d[band > 1e-2 * peak].max()) <= 1e-5, what
+
+
 def assert_paths_agree(x: torch.Tensor, spec: M.MelSpec) -> None:
     """The STFT paths agree within 1e-5 after the log, plus float32 round-off of the transform
     (~1e-7 of the clip's loudest band) relative to the band: ``|d| <= 1e-5 + 1e-7 * peak / band``."""
@@ -55,12 +69,12 @@ def assert_paths_agree(x: torch.Tensor, spec: M.MelSpec) -> None:
 
 def test_ar_mel_equals_torchaudio(dsp):
     for c in dsp["mel"]:
-        assert _maxdiff(M.ar_mel(c["input22"]), c["ar_mel"]) <= 1e-5, c["kind"]
+        assert_mel_close(M.ar_mel(c["input22"]), c["ar_mel"], c["kind"])
 
 
 def test_univnet_mel_equals_tacotron_stft(dsp):
     for c in dsp["mel"]:
-        assert _maxdiff(M.univnet_mel(c["input24"]), c["univnet_mel"]) <= 1e-5, c["kind"]
+        assert_mel_close(M.univnet_mel(c["input24"]), c["univnet_mel"], c["kind"])
         # use_complex is accepted; the original's algorithm needs no complex tensors anyway.
         assert torch.equal(M.univnet_mel(c["input24"], use_complex=False), M.univnet_mel(c["input24"]))
 
@@ -147,8 +161,8 @@ def real(dsp, official_data):
 
 def test_real_clip_mels_equal_the_original(real):
     r, clip, _ = real
-    assert _maxdiff(M.ar_mel(clip), r["ar_mel"]) <= 1e-5
-    assert _maxdiff(M.univnet_mel(resample(clip, 22050, 24000)), r["univnet_mel"]) <= 1e-5
+    assert_mel_close(M.ar_mel(clip), r["ar_mel"])
+    assert_mel_close(M.univnet_mel(resample(clip, 22050, 24000)), r["univnet_mel"])
     assert_paths_agree(clip, M.AR_MEL)
 
 
@@ -158,11 +172,11 @@ def test_real_clip_conditioning_mels_equal_the_original(real):
     assert ar_clip.shape == (1, AR_CLIP_SAMPLES)
     ar = M.ar_mel(ar_clip, norms)
     assert ar.shape == (1, 80, 517)
-    assert _maxdiff(ar, r["ar_conditioning_mel"]) <= 1e-5
+    assert_mel_close(ar, r["ar_conditioning_mel"])
     (diff_clip,) = prepare_diffusion_clips([clip])
     diff = M.univnet_mel(diff_clip)
     assert diff.shape == (1, 100, 401)
-    assert _maxdiff(diff, r["diffusion_conditioning_mel"]) <= 1e-5
+    assert_mel_close(diff, r["diffusion_conditioning_mel"])
 
 
 def test_44k_wav_loads_like_the_original(dsp, official_data):
@@ -173,7 +187,7 @@ def test_44k_wav_loads_like_the_original(dsp, official_data):
     assert assets.sha256(path) == r["sha256"]
     wav = load_audio(path, 22050)
     assert wav.shape[-1] == r["samples"]
-    assert _maxdiff(M.ar_mel(wav[:, :22050]), r["ar_mel_first_second"]) <= 1e-5
+    assert_mel_close(M.ar_mel(wav[:, :22050]), r["ar_mel_first_second"])
 
 
 # ------------------------------------------------------------------------------ clip preparation

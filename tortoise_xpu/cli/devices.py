@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         for stage, why in policy.get("precision_reasons", {}).items():
             console.print(f"  {stage}: {escape(why)}")
         if cpu.get("packed_kernel"):
-            packed = ("prepacked for oneDNN (AR linears unless int8, diffusion per-step layers)"
+            packed = ("prepacked for oneDNN (AR linears unless int8, diffusion per-step layers; "
+                      "streaming HiFi-GAN channels-last)"
                       if policy.get("packed_weights") else "not prepacked ($TORTOISE_XPU_PACKED=0)")
         else:
             packed = "not prepacked (this torch has no oneDNN pointwise ops)"
