@@ -135,6 +135,25 @@ def test_eager_engine_reuses_its_kv_cache_for_a_repeated_shape_and_gives_the_sam
         assert smaller is not cache and smaller.shape[1] == 1
 
 
+def test_eager_engine_does_not_keep_a_cache_past_its_limit(ar, monkeypatch):
+    from tortoise_xpu.pipeline import decode
+
+    cond, text, _ = _inputs(1, 1)
+    _, _, u = _inputs(2, 24, seed=5)
+    engine = DecodeEngine(CPU, mode="eager")
+
+    def cache_of_a_run():
+        for _, st in engine.iter_decode(ar, cond, text, u, SamplingSettings(), 24, True):
+            pass
+        return st.cache.k
+
+    with torch.no_grad():
+        monkeypatch.setattr(decode, "EAGER_KEEP_BYTES", 0)
+        assert cache_of_a_run() is not cache_of_a_run()
+        monkeypatch.setattr(decode, "EAGER_KEEP_BYTES", 2**30)
+        assert cache_of_a_run() is cache_of_a_run()
+
+
 def test_candidates_do_not_depend_on_the_batch(ar):
     _, _, u = _inputs(4, 24, seed=3)
     whole, engine = _decode(ar, "static", u, steps=24)

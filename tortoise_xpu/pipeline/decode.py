@@ -48,6 +48,10 @@ MODES = DECODE_MODES
 #: Cache positions per bucket of the static path (the cache is also allocated in these units).
 DEFAULT_BUCKET = DEFAULT_DECODE_BUCKET
 STOP_CHECK_EVERY = 16
+#: The largest KV cache (keys and values) an eager engine keeps for its next run of the same shape;
+#: a larger one (long runs: 16 candidates x 500 codes in float32 is 2 GB) is freed after its run,
+#: where its first-touch cost is small next to the run and the memory is wanted by later stages.
+EAGER_KEEP_BYTES = 512 * 2**20
 # Placeholder id of the prompt positions in the original's ``generate`` input; HF's repetition
 # penalty sees it (and the start token) as already used, so ours does too.
 PROMPT_PLACEHOLDER_ID = 1
@@ -216,6 +220,8 @@ class DecodeEngine:
                 # into pages the OS must first map, and on a VM that first touch cost 0.2-0.4 s for
                 # the 16-candidate cache of a 40-code run (a tenth of the AR stage, 2-core Xeon).
                 st = self._state_for(ar, b, cache_len, max_tokens, settings, force, cache_dtype, dev, keep_hidden)
+                if 2 * st.cache.k.numel() * st.cache.k.element_size() > EAGER_KEEP_BYTES:
+                    self._state = None  # too big to hold between runs: this run's alone, freed after it
             else:  # a second, interleaved decode on this engine gets buffers of its own
                 st = self._new_state(ar, None, b, cache_len, max_tokens, settings, force, cache_dtype, dev,
                                      keep_hidden)
