@@ -25,9 +25,8 @@ from torch import nn
 __all__ = ["ChannelsLastConv1d", "ChannelsLastConvTranspose1d", "to_channels_last_4d"]
 
 
-def to_channels_last_4d(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B, C, T) -> (B, C, 1, T) in channels-last memory order (optionally cast to ``dtype``)."""
-    x = x if dtype is None else x.to(dtype)
+def to_channels_last_4d(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T) -> (B, C, 1, T) in channels-last memory order."""
     return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 

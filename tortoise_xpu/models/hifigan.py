@@ -155,13 +155,13 @@ class HifiganGenerator(nn.Module):
     @torch.no_grad()
     def warm_up(self, lengths: tuple[int, ...] = WINDOW_FRAMES) -> "HifiganGenerator":
         """Decode one window of each length in ``lengths`` (frames) of zeros, so that the backend's
-        per-shape work (oneDNN compiles a convolution for each new input length: 0.3-0.8 s a
-        length on a 2-core Xeon) is done at load time, not when a stream's first audio is due."""
-        p = next(self.parameters())
-        g = torch.zeros(1, self.config.cond_channels, 1, dtype=p.dtype, device=p.device)
+        per-length preparation (oneDNN's on the CPU: 0.6-1.2 s for a new length on a 2-core Xeon)
+        is done at load time, not when a stream's first audio is due."""
+        w = self.conv_pre.weight  # converted or not, conv_pre has the decoder's dtype and device
+        g = (torch.zeros(1, self.config.cond_channels, 1, dtype=w.dtype, device=w.device)
+             if self.cond_layer is not None else None)
         for n in lengths:
-            self.forward(torch.zeros(1, self.config.in_channels, n, dtype=p.dtype, device=p.device),
-                         g if self.cond_layer is not None else None)
+            self.forward(torch.zeros(1, self.config.in_channels, n, dtype=w.dtype, device=w.device), g)
         return self
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:

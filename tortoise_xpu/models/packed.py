@@ -99,15 +99,13 @@ class PackedConv1d(nn.Module):
         # when the frame count leaves the range it was packed for (2048 channels at 101 frames,
         # packed for 256: 108 ms against 3 ms, Xeon with AMX, docs/performance.md); its linear
         # product has no such cliff, and in bfloat16 it measured 10-20 % faster at 174 frames.
-        self.pointwise = self.kernel_size == 1 and conv.padding[0] == 0
-        if self.pointwise:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(
-                conv.weight.detach().to(dtype).squeeze(2).contiguous(), max(1, length))
-        else:
+        self.linear = (PackedLinear(conv.weight.squeeze(2), conv.bias, dtype, rows=length)
+                       if self.kernel_size == 1 and conv.padding[0] == 0 else None)
+        if self.linear is None:
             weight = conv.weight.detach().to(dtype).unsqueeze(2).contiguous()  # (out, in, 1, k)
             self.packed = torch.ops.mkldnn._reorder_convolution_weight(
                 weight, self.padding, [1, 1], [1, 1], 1, [1, self.in_channels, 1, max(length, self.kernel_size)])
-        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype).clone()  # see PackedLinear
+            self.bias = None if conv.bias is None else conv.bias.detach().to(dtype).clone()  # see PackedLinear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, C', T), or (B, C, 1, T) -> (B, C', 1, T).
@@ -117,11 +115,10 @@ class PackedConv1d(nn.Module):
         """
         flat = x.dim() == 3
         x4 = (x.to(self.dtype).unsqueeze(2) if flat else x.to(self.dtype)).contiguous(memory_format=torch.channels_last)
-        if self.pointwise:
-            b, _, h, t = x4.shape
-            rows = x4.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # a view: channels-last is (B, 1, T, C)
-            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-            y = y.reshape(b, h, t, self.out_channels).permute(0, 3, 1, 2)  # channels-last (B, C', 1, T)
+        if self.linear is not None:
+            # channels-last (B, C, 1, T) is (B, 1, T, C) in memory: the rows are a view, and the
+            # (B, 1, T, C') product seen back as (B, C', 1, T) is channels-last again
+            y = self.linear(x4.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         else:
             y = torch.ops.mkldnn._convolution_pointwise(x4, self.packed, self.bias, self.padding, [1, 1], [1, 1], 1,
                                                         "none", [], "")

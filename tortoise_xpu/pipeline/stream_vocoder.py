@@ -22,10 +22,11 @@ about (new frames + 2 x receptive field) per chunk.
 Windows come in a few fixed lengths (``windows``, by default the decoder's
 ``HifiganGenerator.WINDOW_FRAMES``): a window is widened to the next one with frames already there
 (earlier ones, or later ones past the context, which cannot reach the emitted samples), and one
-longer than the longest is cut into several.  A oneDNN convolution is compiled for each new input
-length: on a 2-core Xeon that cost 0.7 s per new window length against 0.13 s for the decode
-itself (docs/performance.md), so a stream of ever-new lengths spent most of its vocoder time
-compiling.  With fixed lengths the decoder is compiled once per process (``warm_up``, at load).
+longer than the longest is cut into several.  The backend prepares its kernels per input length
+(oneDNN on the CPU): on a 2-core Xeon a new window length cost 0.6-1.2 s against 0.12-0.14 s for
+the same length again (docs/performance.md), so a stream of ever-new lengths spent most of its
+vocoder time preparing.  With fixed lengths that happens once per length and process
+(``HifiganGenerator.warm_up``, at load on the CPU).
 
 Usage (any producer of AR latents)::
 
@@ -163,8 +164,9 @@ class StreamVocoder:
             length = next((w for w in self.windows if w >= hi - lo), None)
             if length is not None and length <= total:
                 # widen with frames that exist: later ones first (past stop + context they cannot
-                # reach the emitted samples), then earlier ones; a final window keeps the true end
-                lo = min(lo, total - length) if not (final and hi == total) else total - length
+                # reach the emitted samples), then earlier ones; a window ending at the true end
+                # (hi == total) keeps it, as length >= total - lo there
+                lo = min(lo, total - length)
                 hi = lo + length
             out.append((start, stop, lo, hi))
             start = stop
